@@ -1,0 +1,110 @@
+"""Shared timing and reporting for the benchmark modules.
+
+Each ``benchmarks/bench_<name>.py`` defines ``run(quick: bool) -> list[Row]``. A row is one
+implementation measured on one case; rows of the same (bench, case) are compared against the row
+whose ``impl`` starts with ``funcdl``: ``ratio`` = peer time / funcdl time, so > 1 means funcdl is
+faster. Wall-clock numbers are reported, never asserted (machines here are shared and noisy).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+@dataclasses.dataclass
+class Row:
+    bench: str  # e.g. "ops.sum"
+    case: str  # e.g. "4096x4096 transposed, dim 0"
+    impl: str  # e.g. "funcdl", "jnp (materialised)", "numpy", "torch"
+    seconds: float  # median seconds per call
+    metric: float | None = None  # a throughput in `unit`, when one makes sense
+    unit: str = ""  # e.g. "GB/s", "GFLOP/s", "samples/s"
+    note: str = ""
+    ratio: float | None = None  # filled by `add_ratios`: peer seconds / funcdl seconds
+
+
+def block(x: Any) -> Any:
+    """Wait for JAX results (and pass anything else through)."""
+    try:
+        import jax
+
+        return jax.block_until_ready(x)
+    except ImportError:  # pragma: no cover
+        return x
+
+
+def time_fn(fn: Callable[[], Any], *, warmup: int = 2, repeat: int = 7,
+            min_seconds: float = 0.05) -> float:
+    """Median wall-clock seconds of ``fn()`` (results blocked on), after ``warmup`` calls.
+
+    Each of the ``repeat`` samples runs ``fn`` enough times to last ``min_seconds``, so very fast
+    calls are not dominated by timer resolution.
+    """
+    for _ in range(warmup):
+        block(fn())
+    t0 = time.perf_counter()
+    block(fn())
+    once = max(time.perf_counter() - t0, 1e-9)
+    inner = max(1, int(min_seconds / once))
+    samples = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            out = fn()
+        block(out)
+        samples.append((time.perf_counter() - t0) / inner)
+    return statistics.median(samples)
+
+
+def add_ratios(rows: list[Row]) -> list[Row]:
+    """Set each row's ratio against the funcdl row of the same (bench, case)."""
+    ours = {(r.bench, r.case): r.seconds for r in rows if r.impl.startswith("funcdl")}
+    for r in rows:
+        base = ours.get((r.bench, r.case))
+        r.ratio = None if base is None else r.seconds / base
+    return rows
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+    }
+    try:
+        import jax
+
+        info["jax"] = jax.__version__
+        info["devices"] = [str(d) for d in jax.devices()]
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        pass
+    return info
+
+
+def format_table(rows: list[Row]) -> str:
+    """A plain-text table; ratio > 1 means the peer took longer than funcdl."""
+    header = ("bench", "case", "impl", "ms", "throughput", "peer/funcdl")
+    lines = [header]
+    for r in rows:
+        thr = "" if r.metric is None else f"{r.metric:.2f} {r.unit}"
+        ratio = "" if r.ratio is None else f"{r.ratio:.2f}x"
+        lines.append((r.bench, r.case, r.impl, f"{r.seconds * 1e3:.3f}", thr, ratio))
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+    out = ["  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(out)
