@@ -1,0 +1,391 @@
+"""Text pipeline: tokenizers, n-grams, vocabulary, one-hot, padding, BERT masking, BPE.
+
+``get_tokenizer``, ``ngrams`` and ``build_vocab`` follow torchtext (``torchtext.data.utils`` and
+``torchtext.vocab.build_vocab_from_iterator``) rule for rule. JAX and ``tokenizers`` are imported
+only by the functions that need them, so DataLoader worker processes stay light.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "get_tokenizer",
+    "basic_english",
+    "ngrams",
+    "Vocab",
+    "build_vocab",
+    "one_hot",
+    "pad_batch",
+    "pad_collate",
+    "mask_tokens",
+    "BPETokenizer",
+    "train_bpe",
+]
+
+# torchtext.data.utils._patterns / _replacements, applied in this order after lowercasing.
+_BASIC_ENGLISH_RULES = [
+    (re.compile(p), r)
+    for p, r in [
+        (r"\'", " '  "),
+        (r"\"", ""),
+        (r"\.", " . "),
+        (r"<br \/>", " "),
+        (r",", " , "),
+        (r"\(", " ( "),
+        (r"\)", " ) "),
+        (r"\!", " ! "),
+        (r"\?", " ? "),
+        (r"\;", " "),
+        (r"\:", " "),
+        (r"\s+", " "),
+    ]
+]
+
+
+def basic_english(line: str) -> list[str]:
+    """torchtext's ``basic_english``: lowercase, space out ``' . , ( ) ! ?``, drop ``"``, turn
+    ``<br />``, ``;`` and ``:`` into spaces, split on whitespace."""
+    line = line.lower()
+    for pattern, replacement in _BASIC_ENGLISH_RULES:
+        line = pattern.sub(replacement, line)
+    return line.split()
+
+
+def _split(line: str) -> list[str]:
+    return line.split()
+
+
+def get_tokenizer(tokenizer: str | Callable[[str], list[str]] | None,
+                  language: str = "en") -> Callable[[str], list[str]]:
+    """A string -> tokens function: ``None`` is ``str.split``, ``"basic_english"`` torchtext's
+    rules, a callable is returned as is."""
+    if tokenizer is None:
+        return _split
+    if tokenizer == "basic_english":
+        if language != "en":
+            raise ValueError("Basic normalization is only available for English (en)")
+        return basic_english
+    if callable(tokenizer):
+        return tokenizer
+    raise ValueError(f"Requested tokenizer {tokenizer!r}; valid choices are None (str.split), "
+                     "'basic_english', or a callable that takes a string and returns tokens "
+                     "(for subwords see funcdl.data.text.train_bpe)")
+
+
+def ngrams(tokens: Sequence[str], n: int) -> list[str]:
+    """The tokens, then their 2-grams, ..., n-grams joined by spaces (torchtext's order).
+
+    ``ngrams(["here", "we", "are"], 2) == ["here", "we", "are", "here we", "we are"]``
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    tokens = list(tokens)
+    out = list(tokens)
+    for k in range(2, n + 1):
+        out.extend(" ".join(g) for g in zip(*[tokens[i:] for i in range(k)]))
+    return out
+
+
+class Vocab:
+    """Token <-> index mapping, torchtext's ``Vocab`` API.
+
+    ``vocab[token]`` and ``vocab(tokens)`` map to indices; an unknown token gives the default
+    index when one is set (``set_default_index``) and a ``KeyError`` naming it otherwise.
+    """
+
+    def __init__(self, tokens: Iterable[str], default_index: int | None = None):
+        self._itos: list[str] = []
+        self._stoi: dict[str, int] = {}
+        for t in tokens:
+            self.append_token(t)
+        self._default: int | None = None
+        self.set_default_index(default_index)
+
+    def __len__(self) -> int:
+        return len(self._itos)
+
+    def __contains__(self, token: str) -> bool:
+        return token in self._stoi
+
+    def __getitem__(self, token: str) -> int:
+        index = self._stoi.get(token)
+        if index is not None:
+            return index
+        if self._default is None:
+            raise KeyError(f"token {token!r} is not in the vocabulary and no default index is "
+                           "set; call vocab.set_default_index(vocab['<unk>']) to map unknown "
+                           "tokens")
+        return self._default
+
+    def __call__(self, tokens: Iterable[str]) -> list[int]:
+        return self.lookup_indices(tokens)
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, Vocab) and self._itos == other._itos
+                and self._default == other._default)
+
+    def __repr__(self) -> str:
+        head = ", ".join(map(repr, self._itos[:5]))
+        return f"Vocab({len(self)} tokens: [{head}{', ...' if len(self) > 5 else ''}])"
+
+    def lookup_indices(self, tokens: Iterable[str]) -> list[int]:
+        return [self[t] for t in tokens]
+
+    def lookup_token(self, index: int) -> str:
+        if not 0 <= index < len(self._itos):
+            raise IndexError(f"Specified index {index} is out of bounds of the size of itos "
+                             f"dictionary: {len(self._itos)}.")
+        return self._itos[index]
+
+    def lookup_tokens(self, indices: Iterable[int]) -> list[str]:
+        return [self.lookup_token(int(i)) for i in indices]
+
+    def get_itos(self) -> list[str]:
+        return list(self._itos)
+
+    def get_stoi(self) -> dict[str, int]:
+        return dict(self._stoi)
+
+    def set_default_index(self, index: int | None) -> None:
+        """Index returned for unknown tokens (``None``: raise KeyError instead)."""
+        if index is not None and not isinstance(index, int | np.integer):
+            raise TypeError(f"default index must be an int or None, got {type(index).__name__}")
+        self._default = None if index is None else int(index)
+
+    def get_default_index(self) -> int | None:
+        return self._default
+
+    def append_token(self, token: str) -> None:
+        if token in self._stoi:
+            raise ValueError(f"Token {token!r} already exists in the Vocab with index "
+                             f"{self._stoi[token]}")
+        self._stoi[token] = len(self._itos)
+        self._itos.append(token)
+
+    def insert_token(self, token: str, index: int) -> None:
+        if token in self._stoi:
+            raise ValueError(f"Token {token!r} already exists in the Vocab with index "
+                             f"{self._stoi[token]}")
+        if not 0 <= index <= len(self._itos):
+            raise IndexError(f"Specified index {index} is out of bounds of the size of stoi "
+                             f"dictionary: {len(self._itos)}.")
+        self._itos.insert(index, token)
+        self._stoi = {t: i for i, t in enumerate(self._itos)}
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write ``{"itos": [...], "default_index": ...}`` as UTF-8 JSON."""
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump({"itos": self._itos, "default_index": self._default}, f,
+                      ensure_ascii=False)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Vocab:
+        with open(path, encoding="utf-8") as f:
+            try:
+                data = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{os.fspath(path)}: not a saved Vocab (invalid JSON: {e})") from e
+        if not isinstance(data, dict) or not isinstance(data.get("itos"), list):
+            raise ValueError(f"{os.fspath(path)}: not a saved Vocab (expected a JSON object with "
+                             "an 'itos' list)")
+        return cls(data["itos"], data.get("default_index"))
+
+
+def build_vocab(iterator: Iterable[Iterable[str]], min_freq: int = 1,
+                specials: Sequence[str] = (), special_first: bool = True,
+                max_tokens: int | None = None) -> Vocab:
+    """torchtext's ``build_vocab_from_iterator``: tokens by descending count, ties alphabetical.
+
+    Tokens seen fewer than ``min_freq`` times are dropped; ``specials`` keep their given order at
+    the front (or the end with ``special_first=False``) and are removed from the counted tokens;
+    ``max_tokens`` keeps the ``max_tokens - len(specials)`` most frequent tokens.
+    """
+    counter: Counter[str] = Counter()
+    for tokens in iterator:
+        if isinstance(tokens, str):
+            raise TypeError("build_vocab expects an iterator of token lists, got a string; "
+                            "tokenize first, e.g. map(get_tokenizer('basic_english'), lines)")
+        counter.update(tokens)
+    specials = list(specials)
+    ordered = sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))
+    if max_tokens is not None:
+        if len(specials) >= max_tokens:
+            raise ValueError(f"len(specials) >= max_tokens ({len(specials)} >= {max_tokens}), so "
+                             "the vocab would be entirely special tokens")
+        ordered = ordered[: max_tokens - len(specials)]
+    special_set = set(specials)
+    tokens = [t for t, c in ordered if c >= min_freq and t not in special_set]
+    tokens = specials + tokens if special_first else tokens + specials
+    return Vocab(tokens)
+
+
+def one_hot(ids: Any, num_classes: int = -1, dtype: Any = np.int64) -> np.ndarray:
+    """``torch.nn.functional.one_hot``: a trailing axis of size ``num_classes`` (-1: max + 1)."""
+    ids = np.asarray(ids)
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise TypeError(f"one_hot is only applicable to index tensor; got dtype {ids.dtype}")
+    if ids.size and ids.min() < 0:
+        raise ValueError("Class values must be non-negative.")
+    if num_classes == -1:
+        if ids.size == 0:
+            raise ValueError("Can not infer total number of classes from empty tensor.")
+        num_classes = int(ids.max()) + 1
+    elif ids.size and ids.max() >= num_classes:
+        raise ValueError("Class values must be smaller than num_classes.")
+    return (ids[..., None] == np.arange(num_classes)).astype(dtype)
+
+
+def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int, max_len: int | None = None,
+              truncate: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad token sequences: ``(ids int32 [B, L], key_padding_mask bool [B, L])``.
+
+    ``L`` is the longest sequence, or ``max_len`` when given (longer sequences are cut when
+    ``truncate``, else a ValueError). The mask is True at padding, as PyTorch's
+    ``src_key_padding_mask``.
+    """
+    if len(sequences) == 0:
+        raise ValueError("pad_batch needs at least one sequence")
+    seqs = [np.asarray(s, dtype=np.int64).reshape(-1) for s in sequences]
+    longest = max(len(s) for s in seqs)
+    length = longest if max_len is None else int(max_len)
+    if max_len is not None and max_len < 1:
+        raise ValueError(f"max_len must be >= 1, got {max_len}")
+    if longest > length and not truncate:
+        raise ValueError(f"a sequence has {longest} tokens, more than max_len={length}; pass "
+                         "truncate=True to cut it or a larger max_len")
+    ids = np.full((len(seqs), length), pad_id, dtype=np.int32)
+    mask = np.ones((len(seqs), length), dtype=bool)
+    for row, s in enumerate(seqs):
+        s = s[:length]
+        ids[row, : len(s)] = s
+        mask[row, : len(s)] = False
+    return ids, mask
+
+
+def pad_collate(pad_id: int, max_len: int | None = None,
+                truncate: bool = True) -> Callable[[list[Any]], Any]:
+    """A DataLoader ``collate_fn`` padding variable-length samples with ``pad_batch``.
+
+    A sample is a token sequence, or a tuple ``(tokens, *others)`` whose other fields are stacked
+    by ``default_collate``. The batch is ``(ids, key_padding_mask)`` or
+    ``(ids, key_padding_mask, *others)``.
+    """
+    from funcdl.data.loader import default_collate
+
+    def collate(samples: list[Any]) -> Any:
+        if isinstance(samples[0], tuple):
+            ids, mask = pad_batch([s[0] for s in samples], pad_id, max_len, truncate)
+            rest = default_collate([tuple(s[1:]) for s in samples])
+            return (ids, mask, *rest)
+        return pad_batch(samples, pad_id, max_len, truncate)
+
+    return collate
+
+
+def mask_tokens(ids: Any, key: Any, *, mask_id: int, vocab_size: int, special_ids: Sequence[int],
+                rate: float = 0.15, padding_mask: Any = None) -> tuple[Any, Any]:
+    """BERT's masked-language-model corruption, jittable: ``(inputs, labels)``.
+
+    Each position is chosen with probability ``rate``, never a special id (list the padding id
+    and ``mask_id`` in ``special_ids``) nor a True position of ``padding_mask``. Of the chosen
+    positions 80% become ``mask_id``, 10% a random token drawn from the non-special ids (unlike
+    HF's collator, which can draw specials), 10% stay. ``labels`` hold the original id at chosen
+    positions and -100 (cross_entropy's ignore_index) elsewhere. ``special_ids``, ``mask_id``,
+    ``vocab_size`` and ``rate`` are static Python values.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    specials = sorted({int(s) for s in special_ids} | {int(mask_id)})
+    allowed = np.setdiff1d(np.arange(vocab_size), specials)
+    if allowed.size == 0:
+        raise ValueError("every id in the vocabulary is special; nothing to draw random tokens "
+                         "from")
+    ids = jnp.asarray(ids)
+    never = jnp.isin(ids, jnp.asarray(specials, dtype=ids.dtype))
+    if padding_mask is not None:
+        never = never | jnp.asarray(padding_mask, dtype=bool)
+    k_choose, k_action, k_token = jax.random.split(key, 3)
+    chosen = (jax.random.uniform(k_choose, ids.shape) < rate) & ~never
+    action = jax.random.uniform(k_action, ids.shape)
+    random_ids = jnp.asarray(allowed, dtype=ids.dtype)[
+        jax.random.randint(k_token, ids.shape, 0, allowed.size)]
+    inputs = jnp.where(chosen & (action < 0.8), jnp.asarray(mask_id, ids.dtype), ids)
+    inputs = jnp.where(chosen & (action >= 0.9), random_ids, inputs)
+    labels = jnp.where(chosen, ids, jnp.asarray(-100, ids.dtype))
+    return inputs, labels
+
+
+class BPETokenizer:
+    """A byte-level BPE tokenizer (Hugging Face ``tokenizers``) with a funcdl ``Vocab``.
+
+    ``decode(encode(text)) == text`` for any text: byte-level BPE has no unknown characters.
+    """
+
+    def __init__(self, tokenizer: Any):
+        self._tok = tokenizer
+        itos = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+        self.vocab = Vocab([t for t, _ in itos])
+
+    def __len__(self) -> int:
+        return len(self.vocab)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._tok.encode(text).ids)
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [list(e.ids) for e in self._tok.encode_batch(list(texts))]
+
+    def tokenize(self, text: str) -> list[str]:
+        return list(self._tok.encode(text).tokens)
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    def token_to_id(self, token: str) -> int:
+        return self.vocab[token]
+
+    def id_to_token(self, index: int) -> str:
+        return self.vocab.lookup_token(index)
+
+    def save(self, path: str | os.PathLike) -> None:
+        self._tok.save(os.fspath(path))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> BPETokenizer:
+        from tokenizers import Tokenizer
+
+        return cls(Tokenizer.from_file(os.fspath(path)))
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int,
+              specials: Sequence[str] = ("<pad>", "<unk>", "<mask>"), *, min_frequency: int = 2,
+              lowercase: bool = False) -> BPETokenizer:
+    """Train a byte-level BPE tokenizer on ``texts``, offline; ``specials`` get ids 0, 1, ...
+
+    ``vocab_size`` counts the specials and the 256 byte symbols, so it must exceed both.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    base = 256 + len(specials)
+    if vocab_size <= base:
+        raise ValueError(f"vocab_size must exceed {base} (256 byte symbols + {len(specials)} "
+                         f"specials), got {vocab_size}")
+    tok = Tokenizer(models.BPE())
+    if lowercase:
+        tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                  special_tokens=list(specials), show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer=trainer)
+    return BPETokenizer(tok)
