@@ -1,0 +1,41 @@
+"""Strided tensors and reductions: pure functions over ``(storage, shape, strides, offset)``.
+
+A :class:`StridedArray` is how PyTorch keeps a tensor in memory: a flat storage and a layout.
+Views (``transpose``, ``select``, ``slice``, ``expand``, ``view``...) only change the layout.
+Reductions take a StridedArray or a plain array, are jittable, vmappable and differentiable, and
+lower a view to XLA slices (or a gather when the view is no box of its storage).
+"""
+
+from funcdl.ops.explain import explain
+from funcdl.ops.lower import lower, plan_slices, to_array
+from funcdl.ops.reduce import amax, amin, argmax, argmin, logsumexp, mean, prod, sum, var
+from funcdl.ops.strided import (
+    StridedArray,
+    as_strided,
+    canonical_dim,
+    canonical_dims,
+    contiguous,
+    contiguous_strides,
+    expand,
+    from_array,
+    getitem,
+    is_contiguous,
+    item,
+    narrow,
+    permute,
+    reshape,
+    select,
+    slice,
+    squeeze,
+    transpose,
+    unsqueeze,
+    view,
+)
+
+__all__ = [
+    "StridedArray", "as_strided", "from_array", "to_array", "contiguous_strides",
+    "is_contiguous", "contiguous", "transpose", "permute", "select", "slice", "narrow", "expand",
+    "squeeze", "unsqueeze", "view", "reshape", "item", "getitem",
+    "sum", "mean", "prod", "amax", "amin", "argmax", "argmin", "logsumexp", "var",
+    "explain", "lower", "plan_slices", "canonical_dim", "canonical_dims",
+]

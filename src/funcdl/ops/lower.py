@@ -1,0 +1,151 @@
+"""Turning a strided view into an XLA array: two lowering paths.
+
+* ``"slices"``: when the elements the view reads form a (strided) box of the storage, the view is
+  ``storage[start:stop]`` reshaped into that box, one strided ``lax.slice`` per box axis, then a
+  transpose and a broadcast for stride-0 dims. These are all ops XLA fuses into its consumer, so a
+  reduction reads the storage once, in memory order, with no index arithmetic at run time.
+* ``"gather"``: anything else (overlapping windows, strides that are no box) reads every element
+  by its computed offset ``offset + sum(i_d * stride_d)``, the slides' walk, as one XLA gather.
+
+``lower`` returns the array of the view's *real* dims (size > 1 and stride > 0) in the order the
+path produced them, with the logical dim of each axis; size-1 and stride-0 dims are left out so a
+reduction can treat them analytically instead of materialising a broadcast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax.numpy as jnp
+from jax import lax
+
+from funcdl.ops.strided import StridedArray, _check
+
+LOWERINGS = ("auto", "slices", "gather")
+
+
+@dataclasses.dataclass(frozen=True)
+class SlicePlan:
+    """storage (padded by ``pad``) -> ``[start:start+prod(box)]`` -> reshape ``box`` -> slice."""
+
+    start: int
+    pad: int
+    box: tuple[int, ...]
+    starts: tuple[int, ...]
+    steps: tuple[int, ...]
+    sizes: tuple[int, ...]
+    dims: tuple[int, ...]  # the view's dim for each box axis, largest stride first
+
+
+def real_dims(s: StridedArray) -> tuple[int, ...]:
+    """Dims that move through storage: size > 1 and stride > 0."""
+    return tuple(d for d, (n, st) in enumerate(zip(s.shape, s.strides)) if n > 1 and st > 0)
+
+
+def plan_slices(s: StridedArray) -> SlicePlan | None:
+    """A box of storage holding the view's real dims, or None when there is none.
+
+    Sort the real dims by stride, largest first. Box axis ``j`` steps through storage by ``t_j``
+    (``t_0`` = the largest stride, ``t_j = gcd(stride_j, t_{j-1})``, the innermost ``t = 1``) and
+    the view walks it with step ``stride_j / t_j``. It is a box when every walk stays inside its
+    axis (``q_j + (n_j - 1) * step_j < t_{j-1} / t_j``, ``q`` the digits of the start offset).
+    """
+    dims = tuple(sorted(real_dims(s), key=lambda d: -s.strides[d]))
+    if not dims:
+        return SlicePlan(s.offset, 0, (1,), (0,), (1,), (1,), ())
+    strides = [s.strides[d] for d in dims]
+    sizes = [s.shape[d] for d in dims]
+    k = len(dims)
+    t = [strides[0]] + [0] * (k - 1)
+    for j in range(1, k):
+        t[j] = math.gcd(strides[j], t[j - 1])
+    t[-1] = 1
+    steps = [st // tj for st, tj in zip(strides, t)]
+    radix = [t[j - 1] // t[j] for j in range(1, k)]
+    rows = (sizes[0] - 1) * steps[0] + 1
+    n_storage = s.storage.shape[0]
+    best = None
+    for base in (s.offset - s.offset % t[0], s.offset):  # box aligned to t_0, or starting at offset
+        rem, digits = s.offset - base, [0]
+        for tj in t[1:]:
+            digits.append(rem // tj)
+            rem %= tj
+        if rem or any(q + (n - 1) * c >= r
+                      for q, n, c, r in zip(digits[1:], sizes[1:], steps[1:], radix)):
+            continue
+        pad = max(0, base + rows * t[0] - n_storage)
+        plan = SlicePlan(base, pad, (rows, *radix), tuple(digits), tuple(steps), tuple(sizes), dims)
+        if best is None or pad < best.pad:
+            best = plan
+    return best
+
+
+def _lower_slices(s: StridedArray, plan: SlicePlan) -> jnp.ndarray:
+    data = s.storage
+    if plan.pad:  # the box overhangs the storage end; only reached for ragged offsets
+        data = jnp.pad(data, (0, plan.pad))
+    length = math.prod(plan.box)
+    if plan.start or length != data.shape[0]:
+        data = lax.slice(data, (plan.start,), (plan.start + length,))
+    box = data.reshape(plan.box)
+    limits = tuple(q + (n - 1) * c + 1 for q, n, c in zip(plan.starts, plan.sizes, plan.steps))
+    if plan.starts != (0,) * len(limits) or limits != plan.box or any(c != 1 for c in plan.steps):
+        box = lax.slice(box, plan.starts, limits, plan.steps)
+    return box.reshape(plan.sizes) if plan.dims else box.reshape(())
+
+
+def offsets(s: StridedArray, dims: tuple[int, ...]) -> jnp.ndarray:
+    """Storage offsets of the view over ``dims`` (other dims at index 0), built from iotas."""
+    shape = tuple(s.shape[d] for d in dims)
+    idx_dtype = jnp.int32 if s.storage.shape[0] < 2**31 else jnp.int64
+    idx = jnp.full(shape, s.offset, idx_dtype)
+    for axis, d in enumerate(dims):
+        idx = idx + lax.broadcasted_iota(idx_dtype, shape, axis) * s.strides[d]
+    return idx
+
+
+def _lower_gather(s: StridedArray) -> jnp.ndarray:
+    dims = tuple(range(s.ndim))
+    return s.storage.at[offsets(s, dims)].get(mode="promise_in_bounds")
+
+
+def lower(s: StridedArray, lowering: str = "auto") -> tuple[jnp.ndarray, tuple[int, ...]]:
+    """``(array, dims)``: the view's elements as an array whose axis ``a`` is view dim ``dims[a]``.
+
+    ``"auto"`` uses slices when the view is a box of storage, else a gather. ``"slices"`` raises
+    when there is no box; ``"gather"`` always gathers, over every dim (the walk the slides draw).
+    Dims missing from ``dims`` have size 1 or stride 0: every index reads the same elements.
+    """
+    s = _check(s, "lower")
+    if lowering not in LOWERINGS:
+        raise ValueError(f"lowering must be one of {LOWERINGS}, got {lowering!r}")
+    if s.size == 0:
+        return jnp.zeros(s.shape, s.dtype), tuple(range(s.ndim))
+    if lowering == "gather":
+        return _lower_gather(s), tuple(range(s.ndim))
+    plan = plan_slices(s)
+    if plan is None:
+        if lowering == "slices":
+            raise ValueError(f"layout shape={s.shape} strides={s.strides} offset={s.offset} is "
+                             f"not a strided box of its storage; use lowering='gather' or 'auto'")
+        dims = real_dims(s)
+        return s.storage.at[offsets(s, dims)].get(mode="promise_in_bounds"), dims
+    return _lower_slices(s, plan), plan.dims
+
+
+def place(arr: jnp.ndarray, dims: tuple[int, ...], shape: tuple[int, ...]) -> jnp.ndarray:
+    """Put axis ``a`` of ``arr`` at output dim ``dims[a]`` and broadcast the rest of ``shape``."""
+    order = sorted(range(len(dims)), key=lambda a: dims[a])
+    if order != list(range(len(dims))):
+        arr = jnp.transpose(arr, order)
+    target = tuple(sorted(dims))
+    if arr.shape == tuple(shape) and target == tuple(range(len(shape))):
+        return arr
+    return lax.broadcast_in_dim(arr, tuple(shape), target)
+
+
+def to_array(s: StridedArray, *, lowering: str = "auto") -> jnp.ndarray:
+    """The view as a dense ``jax.Array`` of shape ``s.shape`` (``lowering``: see :func:`lower`)."""
+    arr, dims = lower(s, lowering)
+    return place(arr, dims, s.shape)

@@ -1,0 +1,483 @@
+"""How a tensor lives in memory: a flat ``storage`` and a static (shape, strides, offset) layout.
+
+Element ``(i0, i1, ...)`` of a :class:`StridedArray` is ``storage[offset + i0*strides[0] + ...]``
+(strides counted in elements, as in PyTorch). Every view below returns a new layout over the SAME
+storage: nothing is copied. Layout errors are raised in Python, before any computation, in
+PyTorch's words where PyTorch has them.
+"""
+
+from __future__ import annotations
+
+import builtins
+import math
+import operator
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Shape = tuple[int, ...]
+
+
+# --------------------------------------------------------------------------- checks and helpers
+
+
+def _as_int(v: Any, what: str, pos: int | None = None) -> int:
+    """``v`` as a Python int; bools, floats and other non-integers raise a TypeError."""
+    if not isinstance(v, bool | np.bool_):
+        try:
+            return operator.index(v)
+        except TypeError:
+            pass
+    where = "" if pos is None else f" at pos {pos}"
+    raise TypeError(f"{what} must be an int, but found element of type {type(v).__name__}{where}"
+                    f" (got {v!r}); pass integers")
+
+
+def _as_ints(seq: Any, what: str) -> Shape:
+    """A tuple of Python ints from an int or a sequence of ints (TypeError otherwise)."""
+    if isinstance(seq, int | np.integer) and not isinstance(seq, bool | np.bool_):
+        return (int(seq),)
+    if not isinstance(seq, Sequence | np.ndarray):
+        raise TypeError(f"{what} must be a tuple of ints, but got {type(seq).__name__} ({seq!r})")
+    return tuple(_as_int(v, f"{what}: every element", i) for i, v in enumerate(seq))
+
+
+def canonical_dim(dim: Any, ndim: int) -> int:
+    """``dim`` wrapped into ``[0, ndim)``; a 0-d array accepts -1 and 0, as in PyTorch."""
+    dim = _as_int(dim, "dim")
+    n = max(ndim, 1)
+    if not -n <= dim < n:
+        raise IndexError(
+            f"Dimension out of range (expected to be in range of [{-n}, {n - 1}], but got {dim})")
+    return dim % n
+
+
+def canonical_dims(dim: Any, ndim: int) -> tuple[int, ...]:
+    """``None``, an int or a tuple of ints as a sorted tuple of non-negative dims.
+
+    ``None`` and ``()`` mean every dim (``torch.sum(x, dim=())`` reduces everything too). A 0-d
+    array has no dims to reduce, so it gives ``()`` whatever valid dim was asked.
+    """
+    if dim is None:
+        return tuple(range(ndim))
+    dims = (dim,) if isinstance(dim, int | np.integer) and not isinstance(dim, bool) else dim
+    if not isinstance(dims, Sequence):
+        raise TypeError(f"dim must be None, an int or a tuple of ints, not {type(dim).__name__}")
+    if len(dims) == 0:
+        return tuple(range(ndim))
+    out: list[int] = []
+    for d in dims:
+        c = canonical_dim(d, ndim)
+        if c in out:
+            raise ValueError(f"dim {c} appears multiple times in the list of dims")
+        out.append(c)
+    return tuple(sorted(out)) if ndim else ()
+
+
+def contiguous_strides(shape: Sequence[int]) -> Shape:
+    """Row-major strides in elements: ``(2, 2, 3, 2)`` gives ``(12, 6, 2, 1)``."""
+    strides, acc = [], 1
+    for n in reversed(tuple(shape)):
+        strides.append(acc)
+        acc *= max(n, 1)
+    return tuple(reversed(strides))
+
+
+def _check_layout(storage_size: int, shape: Shape, strides: Shape, offset: int) -> None:
+    """Raise unless every element of the layout lies inside a storage of ``storage_size``."""
+    if len(shape) != len(strides):
+        raise ValueError(f"mismatch in length of strides and shape: shape has {len(shape)} "
+                         f"dims, strides has {len(strides)}")
+    if any(n < 0 for n in shape):
+        raise ValueError(f"Trying to create tensor with negative dimension "
+                         f"{min(shape)}: {list(shape)}")
+    if any(s < 0 for s in strides):
+        raise ValueError(f"as_strided: Negative strides are not supported at the moment, got "
+                         f"strides: {list(strides)}")
+    if offset < 0:
+        raise ValueError(f"Tensor: invalid storage offset {offset}")
+    if math.prod(shape) == 0:
+        return
+    needed = offset + builtins.sum((n - 1) * s for n, s in zip(shape, strides)) + 1
+    if needed > storage_size:
+        raise ValueError(
+            f"as_strided: sizes {list(shape)}, strides {list(strides)} and storage offset "
+            f"{offset} read up to element {needed - 1}, requiring a storage of {needed} elements, "
+            f"which is out of bounds for storage of size {storage_size}; use smaller sizes, "
+            f"strides or offset")
+
+
+# --------------------------------------------------------------------------- the pytree
+
+
+@jax.tree_util.register_pytree_node_class
+class StridedArray:
+    """A view ``(shape, strides, offset)`` over a flat 1-D ``storage``.
+
+    A JAX pytree: ``storage`` is the only (traced) child; the layout is static auxiliary data, so a
+    jitted function is specialised per layout and the layout arithmetic costs nothing at run time.
+    Build one with :func:`as_strided` or :func:`from_array`; ``to_array`` materialises it.
+    """
+
+    __slots__ = ("storage", "shape", "strides", "offset")
+
+    def __init__(self, storage: Any, shape: Sequence[int], strides: Sequence[int],
+                 offset: int = 0):
+        storage = storage if isinstance(storage, jax.Array) else jnp.asarray(storage)
+        if storage.ndim != 1:
+            raise ValueError(f"storage must be a 1-D array, got shape {tuple(storage.shape)}; "
+                             f"pass x.ravel(), or use from_array(x)")
+        shape = _as_ints(shape, "size")
+        strides = _as_ints(strides, "stride")
+        offset = _as_int(offset, "storage_offset")
+        _check_layout(storage.shape[0], shape, strides, offset)
+        self.storage, self.shape, self.strides, self.offset = storage, shape, strides, offset
+
+    # pytree protocol: the layout travels as static aux data; unflatten skips the checks because
+    # JAX rebuilds the object with tracers, batched storages or placeholders.
+    def tree_flatten(self):
+        return (self.storage,), (self.shape, self.strides, self.offset)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return _make(children[0], *aux)
+
+    @property
+    def dtype(self):
+        return self.storage.dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        """Number of elements of the view (``numel``)."""
+        return math.prod(self.shape)
+
+    def __len__(self) -> int:
+        if not self.shape:
+            raise TypeError("len() of a 0-d tensor")
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return (f"StridedArray(shape={self.shape}, strides={self.strides}, offset={self.offset}, "
+                f"storage={self.storage.shape[0]} x {self.storage.dtype})")
+
+    def __getitem__(self, index: Any) -> StridedArray:
+        return getitem(self, index)
+
+
+def _make(storage: Any, shape: Shape, strides: Shape, offset: int) -> StridedArray:
+    """A StridedArray without checks (layouts derived from a valid one are valid)."""
+    s = object.__new__(StridedArray)
+    s.storage, s.shape, s.strides, s.offset = storage, shape, strides, offset
+    return s
+
+
+def _like(s: StridedArray, shape: Shape, strides: Shape, offset: int | None = None):
+    return _make(s.storage, tuple(shape), tuple(strides), s.offset if offset is None else offset)
+
+
+def _check(s: Any, fn: str) -> StridedArray:
+    if not isinstance(s, StridedArray):
+        raise TypeError(f"{fn}() expects a StridedArray, got {type(s).__name__}; wrap an array "
+                        f"with funcdl.ops.from_array(x)")
+    return s
+
+
+# --------------------------------------------------------------------------- construction
+
+
+def as_strided(storage: Any, shape: Sequence[int], strides: Sequence[int],
+               offset: int = 0) -> StridedArray:
+    """A view of the 1-D ``storage`` with the given layout; raises if it would read outside it."""
+    return StridedArray(storage, shape, strides, offset)
+
+
+def from_array(x: Any) -> StridedArray:
+    """A contiguous StridedArray holding ``x``'s elements in row-major order."""
+    x = jnp.asarray(x)
+    return _make(x.reshape(-1), tuple(x.shape), contiguous_strides(x.shape), 0)
+
+
+def is_contiguous(s: StridedArray) -> bool:
+    """True when the view is row-major dense (PyTorch's rule: size-1 dims' strides don't matter)."""
+    s = _check(s, "is_contiguous")
+    if s.size == 0:
+        return True
+    expected = 1
+    for n, st in zip(reversed(s.shape), reversed(s.strides)):
+        if n != 1:
+            if st != expected:
+                return False
+            expected *= n
+    return True
+
+
+# --------------------------------------------------------------------------- views (no copies)
+
+
+def transpose(s: StridedArray, dim0: int, dim1: int) -> StridedArray:
+    """Swap two dims: swap their sizes and strides."""
+    s = _check(s, "transpose")
+    d0, d1 = canonical_dim(dim0, s.ndim), canonical_dim(dim1, s.ndim)
+    if s.ndim == 0:
+        return s
+    shape, strides = list(s.shape), list(s.strides)
+    shape[d0], shape[d1] = shape[d1], shape[d0]
+    strides[d0], strides[d1] = strides[d1], strides[d0]
+    return _like(s, shape, strides)
+
+
+def permute(s: StridedArray, dims: Sequence[int]) -> StridedArray:
+    """Reorder the dims: dim ``i`` of the result is dim ``dims[i]`` of ``s``."""
+    s = _check(s, "permute")
+    dims = _as_ints(dims, "dims")
+    if len(dims) != s.ndim:
+        raise ValueError(
+            f"permute(): number of dimensions in the tensor input does not match the length of "
+            f"the desired ordering of dimensions i.e. input.dim() = {s.ndim} is not equal to "
+            f"len(dims) = {len(dims)}")
+    dims = tuple(canonical_dim(d, s.ndim) for d in dims)
+    if len(set(dims)) != len(dims):
+        raise ValueError("permute(): duplicate dims are not allowed.")
+    return _like(s, [s.shape[d] for d in dims], [s.strides[d] for d in dims])
+
+
+def _no_0d(s: StridedArray) -> None:
+    if s.ndim == 0:
+        raise IndexError("invalid index of a 0-dim tensor. Use `item(s)` to convert a 0-dim "
+                         "tensor to a number")
+
+
+def select(s: StridedArray, dim: int, index: int) -> StridedArray:
+    """``s[..., index, ...]`` at ``dim``: move the offset by ``index * stride`` and drop the dim."""
+    s = _check(s, "select")
+    _no_0d(s)
+    d = canonical_dim(dim, s.ndim)
+    i, n = _as_int(index, "index"), s.shape[d]
+    if not -n <= i < n:
+        raise IndexError(f"select(): index {i} out of range for tensor of size {list(s.shape)} "
+                         f"at dimension {d}")
+    i %= n
+    return _like(s, s.shape[:d] + s.shape[d + 1:], s.strides[:d] + s.strides[d + 1:],
+                 s.offset + i * s.strides[d])
+
+
+def slice(s: StridedArray, dim: int, start: int | None = None, stop: int | None = None,
+          step: int = 1) -> StridedArray:
+    """``start:stop:step`` along ``dim``, clamped like Python's slices; the stride times step."""
+    s = _check(s, "slice")
+    _no_0d(s)
+    d = canonical_dim(dim, s.ndim)
+    step = _as_int(step, "step")
+    if step <= 0:
+        raise ValueError(f"slice step must be positive, got {step} (negative steps would need a "
+                         f"negative stride, which is not supported)")
+    start = None if start is None else _as_int(start, "start")
+    stop = None if stop is None else _as_int(stop, "stop")
+    lo, hi, _ = builtins.slice(start, stop, step).indices(s.shape[d])
+    n = max(0, -(-(hi - lo) // step))
+    shape = s.shape[:d] + (n,) + s.shape[d + 1:]
+    strides = s.strides[:d] + (s.strides[d] * step,) + s.strides[d + 1:]
+    return _like(s, shape, strides, s.offset + lo * s.strides[d])
+
+
+def narrow(s: StridedArray, dim: int, start: int, length: int) -> StridedArray:
+    """``length`` elements of ``dim`` from ``start`` (torch.narrow)."""
+    s = _check(s, "narrow")
+    _no_0d(s)
+    d = canonical_dim(dim, s.ndim)
+    start, length, n = _as_int(start, "start"), _as_int(length, "length"), s.shape[d]
+    if length < 0:
+        raise ValueError("narrow(): length must be non-negative.")
+    if not -n <= start <= n:
+        raise IndexError(f"start out of range (expected to be in range of [{-n}, {n}], but got "
+                         f"{start})")
+    start = start + n if start < 0 else start
+    if start + length > n:
+        raise ValueError(f"start ({start}) + length ({length}) exceeds dimension size ({n}).")
+    return slice(s, d, start, start + length)
+
+
+def expand(s: StridedArray, shape: Sequence[int]) -> StridedArray:
+    """Broadcast size-1 dims (and new leading dims) to ``shape`` with stride 0; -1 keeps a size."""
+    s = _check(s, "expand")
+    target = _as_ints(shape, "size")
+    if len(target) < s.ndim:
+        raise ValueError(
+            f"expand(shape={list(s.shape)}, size={list(target)}): the number of sizes provided "
+            f"({len(target)}) must be greater or equal to the number of dimensions in the tensor "
+            f"({s.ndim})")
+    sizes, strides = [0] * len(target), [0] * len(target)
+    for i in range(len(target) - 1, -1, -1):
+        d = s.ndim - len(target) + i
+        size = s.shape[d] if d >= 0 else 1
+        stride = s.strides[d] if d >= 0 else (
+            sizes[i + 1] * strides[i + 1] if i + 1 < len(target) else 1)
+        want = target[i]
+        if want == -1:
+            if d < 0:
+                raise ValueError(f"The expanded size of the tensor (-1) isn't allowed in a "
+                                 f"leading, non-existing dimension {i}")
+            want = size
+        if want < 0:
+            raise ValueError(f"Trying to create tensor with negative dimension {want}: "
+                             f"{list(target)}")
+        if size != want:
+            if size != 1:
+                raise ValueError(
+                    f"The expanded size of the tensor ({want}) must match the existing size "
+                    f"({size}) at non-singleton dimension {i}.  Target sizes: {list(target)}.  "
+                    f"Tensor sizes: {list(s.shape)}")
+            size, stride = want, 0
+        sizes[i], strides[i] = size, stride
+    return _like(s, sizes, strides)
+
+
+def squeeze(s: StridedArray, dim: int | Sequence[int] | None = None) -> StridedArray:
+    """Drop size-1 dims (all of them, or those among ``dim``; other dims are left alone)."""
+    s = _check(s, "squeeze")
+    if dim is None:
+        dims = set(range(s.ndim))
+    elif isinstance(dim, Sequence):
+        dims = {canonical_dim(d, s.ndim) for d in dim}
+    else:
+        dims = {canonical_dim(dim, s.ndim)}
+    keep = [d for d in range(s.ndim) if not (d in dims and s.shape[d] == 1)]
+    return _like(s, [s.shape[d] for d in keep], [s.strides[d] for d in keep])
+
+
+def unsqueeze(s: StridedArray, dim: int) -> StridedArray:
+    """Insert a size-1 dim at ``dim`` (PyTorch's stride for it: the next dim's size * stride)."""
+    s = _check(s, "unsqueeze")
+    d = canonical_dim(dim, s.ndim + 1)
+    stride = 1 if d >= s.ndim else s.shape[d] * s.strides[d]
+    return _like(s, s.shape[:d] + (1,) + s.shape[d:], s.strides[:d] + (stride,) + s.strides[d:])
+
+
+def _infer_shape(shape: Any, numel: int) -> Shape:
+    """``shape`` with one -1 filled in (PyTorch's infer_size and its messages)."""
+    if isinstance(shape, int | np.integer) and not isinstance(shape, bool):
+        shape = (shape,)
+    shape = _as_ints(shape, "shape")
+    infer = None
+    for i, n in enumerate(shape):
+        if n == -1:
+            if infer is not None:
+                raise ValueError("only one dimension can be inferred")
+            infer = i
+        elif n < 0:
+            raise ValueError(f"invalid shape dimension {n} at index {i} of shape {list(shape)}")
+    known = math.prod(n for n in shape if n != -1)
+    if infer is not None and known != 0 and numel % known == 0:
+        return shape[:infer] + (numel // known,) + shape[infer + 1:]
+    if infer is None and known == numel:
+        return shape
+    raise ValueError(f"shape '{list(shape)}' is invalid for input of size {numel}")
+
+
+def _view_strides(old_shape: Shape, old_strides: Shape, new_shape: Shape) -> Shape | None:
+    """Strides giving ``new_shape`` over the same elements, or None (PyTorch's computeStride).
+
+    A view is possible when each run of old dims that is contiguous in memory ("chunk") maps onto
+    a run of new dims with the same element count.
+    """
+    if not old_shape:
+        return (1,) * len(new_shape)
+    numel = math.prod(old_shape)
+    if numel == 0:
+        return old_strides if old_shape == new_shape else contiguous_strides(new_shape)
+    new_strides = [0] * len(new_shape)
+    view_d = len(new_shape) - 1
+    chunk_base = old_strides[-1]
+    tensor_numel = view_numel = 1
+    for d in range(len(old_shape) - 1, -1, -1):
+        tensor_numel *= old_shape[d]
+        if d == 0 or (old_shape[d - 1] != 1 and old_strides[d - 1] != tensor_numel * chunk_base):
+            while view_d >= 0 and (view_numel < tensor_numel or new_shape[view_d] == 1):
+                new_strides[view_d] = view_numel * chunk_base
+                view_numel *= new_shape[view_d]
+                view_d -= 1
+            if view_numel != tensor_numel:
+                return None
+            if d > 0:
+                chunk_base = old_strides[d - 1]
+                tensor_numel = view_numel = 1
+    return tuple(new_strides) if view_d == -1 else None
+
+
+def view(s: StridedArray, shape: Sequence[int]) -> StridedArray:
+    """The same elements under ``shape`` without copying; raises when the strides can't say it."""
+    s = _check(s, "view")
+    new_shape = _infer_shape(shape, s.size)
+    strides = _view_strides(s.shape, s.strides, new_shape)
+    if strides is None:
+        raise ValueError(
+            f"view size is not compatible with input tensor's size and stride (at least one "
+            f"dimension spans across two contiguous subspaces): shape {list(s.shape)} with "
+            f"strides {list(s.strides)} cannot be viewed as {list(new_shape)}. Use "
+            f"reshape(...) instead (it copies when a view is impossible).")
+    return _like(s, new_shape, strides)
+
+
+def reshape(s: StridedArray, shape: Sequence[int]) -> StridedArray:
+    """A view when the layout allows it, otherwise a contiguous copy with the new shape."""
+    s = _check(s, "reshape")
+    new_shape = _infer_shape(shape, s.size)
+    strides = _view_strides(s.shape, s.strides, new_shape)
+    if strides is not None:
+        return _like(s, new_shape, strides)
+    return view(contiguous(s), new_shape)
+
+
+def contiguous(s: StridedArray) -> StridedArray:
+    """``s`` itself when row-major dense with offset 0, else a copy into fresh storage."""
+    from funcdl.ops.lower import to_array  # lower imports this module
+
+    s = _check(s, "contiguous")
+    if is_contiguous(s) and s.offset == 0:
+        return s
+    return from_array(to_array(s))
+
+
+def item(s: StridedArray) -> Any:
+    """The single element as a Python number (a 0-d array when traced under jit/vmap/grad)."""
+    s = _check(s, "item")
+    if s.size != 1:
+        raise ValueError(f"a Tensor with {s.size} elements cannot be converted to Scalar")
+    value = s.storage[s.offset]
+    return value if isinstance(value, jax.core.Tracer) else value.item()
+
+
+def getitem(s: StridedArray, index: Any) -> StridedArray:
+    """Basic indexing (ints, slices with positive steps, None, Ellipsis) as views."""
+    s = _check(s, "getitem")
+    index = index if isinstance(index, tuple) else (index,)
+    n_ellipsis = builtins.sum(i is Ellipsis for i in index)
+    if n_ellipsis > 1:
+        raise IndexError("an index can only have a single ellipsis ('...')")
+    used = builtins.sum(i is not None and i is not Ellipsis for i in index)
+    if s.ndim == 0 and used:
+        _no_0d(s)
+    if used > s.ndim:
+        raise IndexError(f"too many indices for tensor of dimension {s.ndim}")
+    if n_ellipsis:
+        k = index.index(Ellipsis)
+        index = index[:k] + (builtins.slice(None),) * (s.ndim - used) + index[k + 1:]
+    out, d = s, 0
+    for i in index:
+        if i is None:
+            out, d = unsqueeze(out, d), d + 1
+        elif isinstance(i, builtins.slice):
+            out, d = slice(out, d, i.start, i.stop, 1 if i.step is None else i.step), d + 1
+        elif isinstance(i, int | np.integer) and not isinstance(i, bool):
+            out = select(out, d, i)
+        else:
+            raise TypeError(f"StridedArray indices must be ints, slices, None or ..., not "
+                            f"{type(i).__name__}; gather with integer arrays on to_array(s)")
+    return out
