@@ -1,0 +1,288 @@
+"""Pure, jitted train and eval steps for Flax NNX models.
+
+A model is split once into a static ``graphdef`` and two pytrees: ``params`` (the ``nnx.Param``
+variables, what the optimizer updates) and ``rest`` (everything else: RNG stream counters, batch
+statistics). A step is a pure function of (state, batch); ``jax.jit`` compiles it once per batch
+shape and the state's buffers are donated, so XLA updates them in place.
+
+Non-finite losses never reach the parameters: a step whose loss (or gradients) is not finite keeps
+the previous state and records its index in ``bad_step``; every later step is a no-op. The host
+reads ``bad_step`` whenever it syncs and raises then (see ``funcdl.train.loop``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+GRAD_MODES = ("jax", "tape")
+PRECISIONS = ("fp32", "bf16", "fp16")
+_COMPUTE_DTYPE = {"fp32": None, "bf16": jnp.bfloat16, "fp16": jnp.float16}
+
+
+class LossScale(NamedTuple):
+    """Dynamic loss scale for float16 (torch.amp.GradScaler's state)."""
+
+    scale: jax.Array  # float32 scalar
+    growth_tracker: jax.Array  # int32: clean steps since the last change
+
+
+class TrainState(NamedTuple):
+    """Everything a train step reads and writes; a pytree of arrays."""
+
+    params: Any  # nnx.State of nnx.Param
+    rest: Any  # nnx.State of every other variable (RNG counters, batch stats)
+    opt_state: Any  # the optax state
+    step: jax.Array  # int32: batches processed so far
+    bad_step: jax.Array  # int32: first step with a non-finite loss or gradient, -1 if none
+    loss_scale: LossScale  # scale 1.0 and never updated unless precision == "fp16"
+    sums: dict  # running sums since the host last reset them: "loss", "n", one per aux entry
+
+
+def check_grad_mode(grad: str) -> str:
+    if grad not in GRAD_MODES:
+        raise ValueError(f"unknown grad mode {grad!r}; valid modes are {', '.join(GRAD_MODES)}")
+    return grad
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(
+            f"unknown precision {precision!r}; valid precisions are {', '.join(PRECISIONS)}")
+    return precision
+
+
+def split_model(model: nnx.Module) -> tuple[Any, Any, Any]:
+    """``(graphdef, params, rest)``: the ``nnx.Param`` variables and everything else."""
+    return nnx.split(model, nnx.Param, ...)
+
+
+def batch_size(batch: Any) -> int:
+    """Rows in a batch: the leading dimension of its first array."""
+    leaves = jax.tree.leaves(batch)
+    if not leaves or not getattr(leaves[0], "shape", ()):
+        raise TypeError(
+            "a batch must be a pytree of arrays with a leading batch dimension (an (x, y) tuple, "
+            f"a dict, an array); got {type(batch).__name__}")
+    return int(leaves[0].shape[0])
+
+
+def batch_signature(batch: Any) -> Any:
+    """Shapes and dtypes of a batch: what one compiled step is specialised to."""
+    return jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), batch)
+
+
+def init_loss_scale(precision: str, init_scale: float = 2.0**16) -> LossScale:
+    scale = init_scale if precision == "fp16" else 1.0
+    return LossScale(jnp.asarray(scale, jnp.float32), jnp.asarray(0, jnp.int32))
+
+
+def update_loss_scale(ls: LossScale, found_inf: jax.Array, *, growth_factor: float = 2.0,
+                      backoff_factor: float = 0.5, growth_interval: int = 2000) -> LossScale:
+    """torch's ``_amp_update_scale_``: back off on overflow, grow after ``growth_interval`` clean
+    steps (keeping the old scale if the grown one would overflow float32)."""
+    tracker = ls.growth_tracker + 1
+    grow = tracker == growth_interval
+    grown = ls.scale * growth_factor
+    grown = jnp.where(jnp.isfinite(grown), grown, ls.scale)
+    scale = jnp.where(found_inf, ls.scale * backoff_factor, jnp.where(grow, grown, ls.scale))
+    tracker = jnp.where(found_inf | grow, 0, tracker).astype(jnp.int32)
+    return LossScale(scale.astype(jnp.float32), tracker)
+
+
+def init_state(model: nnx.Module, optimizer: optax.GradientTransformation, *,
+               precision: str = "fp32", aux_names: tuple[str, ...] = ()) -> tuple[Any, TrainState]:
+    """Split ``model`` and build the first ``TrainState``; arrays are copied, so donating the
+    state to a step never deletes the buffers the user's module holds."""
+    graphdef, params, rest = split_model(model)
+    params, rest = jax.tree.map(lambda x: x.copy(), (params, rest))
+    state = TrainState(
+        params=params,
+        rest=rest,
+        opt_state=optimizer.init(params),
+        step=jnp.asarray(0, jnp.int32),
+        bad_step=jnp.asarray(-1, jnp.int32),
+        loss_scale=init_loss_scale(precision),
+        sums=zero_sums(aux_names),
+    )
+    return graphdef, state
+
+
+def zero_sums(names: tuple[str, ...]) -> dict:
+    return {k: jnp.zeros((), jnp.float32) for k in ("loss", "n", *names)}
+
+
+def split_loss(out: Any) -> tuple[jax.Array, dict]:
+    """``loss_fn`` returns ``loss`` or ``(loss, aux)`` with ``aux`` a mapping of scalars."""
+    if isinstance(out, tuple):
+        if len(out) != 2:
+            raise TypeError(f"loss_fn must return loss or (loss, aux); got a {len(out)}-tuple")
+        loss, aux = out
+        if aux is None:
+            aux = {}
+        if not isinstance(aux, Mapping):
+            raise TypeError(
+                "loss_fn's aux must be a mapping of scalar metrics such as {'accuracy': acc}; "
+                f"got {type(aux).__name__}")
+        return loss, dict(aux)
+    return out, {}
+
+
+def _cast_floats(tree: Any, dtype: Any) -> Any:
+    if dtype is None:
+        return tree
+
+    def cast(x):
+        return x.astype(dtype) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else x
+
+    return jax.tree.map(cast, tree)
+
+
+def _value_and_grad(grad: str) -> Callable:
+    if grad == "jax":
+        return jax.value_and_grad
+    from funcdl import tape  # imported lazily: the tape is only needed for grad="tape"
+
+    return tape.value_and_grad
+
+
+def _select(pred: jax.Array, new: Any, old: Any) -> Any:
+    return jax.tree.map(lambda n, o: jnp.where(pred, n, o), new, old)
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def _accumulate(sums: dict, loss: jax.Array, aux: dict, n: int, ok: jax.Array) -> dict:
+    w = jnp.where(ok, jnp.float32(n), 0.0)
+    out = dict(sums)
+    out["loss"] = sums["loss"] + jnp.where(ok, loss.astype(jnp.float32), 0.0) * w
+    out["n"] = sums["n"] + w
+    for k, v in aux.items():
+        if k in out:
+            out[k] = sums[k] + jnp.where(ok, jnp.asarray(v, jnp.float32), 0.0) * w
+    return out
+
+
+def train_step_fn(graphdef: Any, loss_fn: Callable, optimizer: optax.GradientTransformation, *,
+                  grad: str = "jax", precision: str = "fp32") -> Callable:
+    """The pure train step ``(state, batch) -> (state, loss)`` (not jitted)."""
+    check_grad_mode(grad)
+    check_precision(precision)
+    if grad == "tape" and precision != "fp32":
+        raise ValueError(f"precision={precision!r} needs grad='jax'; the tape computes in float32")
+    dtype = _COMPUTE_DTYPE[precision]
+    value_and_grad = _value_and_grad(grad)
+
+    def step(state: TrainState, batch: Any) -> tuple[TrainState, jax.Array]:
+        def objective(params):
+            # fresh Variables for `rest` at this trace level, so NNX lets the model update them
+            rest = jax.tree.map(lambda x: x, state.rest)
+            model = nnx.merge(graphdef, _cast_floats(params, dtype), rest)
+            loss, aux = split_loss(loss_fn(model, _cast_floats(batch, dtype)))
+            new_rest = split_model(model)[2]
+            if dtype is not None:  # master params stay float32; the loss is reported in float32
+                loss = loss.astype(jnp.float32)
+                return loss * state.loss_scale.scale, (loss, aux, new_rest)
+            return loss, (loss, aux, new_rest)
+
+        (_, (loss, aux, new_rest)), grads = value_and_grad(objective, has_aux=True)(state.params)
+        if precision == "fp16":
+            inv = 1.0 / state.loss_scale.scale
+            grads = jax.tree.map(lambda g: g * inv, grads)
+        healthy = state.bad_step < 0
+        loss_ok = jnp.isfinite(loss)
+        grads_ok = _all_finite(grads)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        apply = healthy & loss_ok & grads_ok
+        # float16 overflow in the gradients is expected and only skips the step (GradScaler);
+        # anywhere else a non-finite value is an error.
+        failed = ~loss_ok if precision == "fp16" else ~(loss_ok & grads_ok)
+        loss_scale = state.loss_scale
+        if precision == "fp16":
+            loss_scale = _select(healthy & loss_ok,
+                                 update_loss_scale(loss_scale, ~grads_ok), loss_scale)
+        new = TrainState(
+            params=_select(apply, params, state.params),
+            rest=_select(healthy & loss_ok, new_rest, state.rest),
+            opt_state=_select(apply, opt_state, state.opt_state),
+            step=state.step + 1,
+            bad_step=jnp.where(healthy & failed, state.step, state.bad_step),
+            loss_scale=loss_scale,
+            sums=_accumulate(state.sums, loss, aux, batch_size(batch), healthy & loss_ok),
+        )
+        return new, loss
+
+    return step
+
+
+def eval_step_fn(graphdef: Any, loss_fn: Callable, metrics: Mapping[str, Callable] | None = None,
+                 *, precision: str = "fp32") -> Callable:
+    """The pure eval step ``(params, rest, sums, batch) -> sums`` (not jitted): adds the batch's
+    loss, aux entries and ``metrics[name](model, batch)`` (each weighted by the batch size)."""
+    dtype = _COMPUTE_DTYPE[check_precision(precision)]
+    metrics = dict(metrics or {})
+
+    def step(params: Any, rest: Any, sums: dict, batch: Any) -> dict:
+        model = nnx.merge(graphdef, _cast_floats(params, dtype), rest)
+        b = _cast_floats(batch, dtype)
+        loss, aux = split_loss(loss_fn(model, b))
+        for name, fn in metrics.items():
+            aux[name] = fn(model, b)
+        return _accumulate(sums, loss, aux, batch_size(batch), jnp.asarray(True))
+
+    return step
+
+
+class CompiledStep:
+    """A jitted step that warns once for each batch shape it has not been compiled for.
+
+    A new shape (typically the short last batch of an epoch) costs one more compilation; batches
+    are never padded, which would change the loss.
+    """
+
+    def __init__(self, fn: Callable, *, batch_argnum: int, donate_argnums: tuple[int, ...] = (),
+                 name: str = "train step", **jit_kwargs: Any):
+        self._fn = jax.jit(fn, donate_argnums=donate_argnums, **jit_kwargs)
+        self._batch_argnum = batch_argnum
+        self._name = name
+        self._seen: list = []
+
+    def __call__(self, *args: Any) -> Any:
+        sig = batch_signature(args[self._batch_argnum])
+        if sig not in self._seen:
+            if self._seen:
+                warnings.warn(
+                    f"{self._name}: batch shapes {sig} differ from the compiled {self._seen[0]}; "
+                    "compiling once more for them (use drop_last=True in the DataLoader to keep "
+                    "one shape)", RuntimeWarning, stacklevel=2)
+            self._seen.append(sig)
+        return self._fn(*args)
+
+    @property
+    def jitted(self) -> Callable:
+        return self._fn
+
+
+def make_train_step(graphdef: Any, loss_fn: Callable, optimizer: optax.GradientTransformation,
+                    *, grad: str = "jax", precision: str = "fp32", **jit_kwargs: Any
+                    ) -> CompiledStep:
+    """Jitted ``(state, batch) -> (state, loss)``; the state is donated."""
+    fn = train_step_fn(graphdef, loss_fn, optimizer, grad=grad, precision=precision)
+    return CompiledStep(fn, batch_argnum=1, donate_argnums=(0,), **jit_kwargs)
+
+
+def make_eval_step(graphdef: Any, loss_fn: Callable, metrics: Mapping[str, Callable] | None = None,
+                   *, precision: str = "fp32", **jit_kwargs: Any) -> CompiledStep:
+    """Jitted ``(params, rest, sums, batch) -> sums``; the sums are donated."""
+    fn = eval_step_fn(graphdef, loss_fn, metrics, precision=precision)
+    return CompiledStep(fn, batch_argnum=3, donate_argnums=(2,), name="eval step", **jit_kwargs)
