@@ -1,0 +1,95 @@
+"""Small helpers shared by the examples (not an example itself: names starting with _ are hidden
+from ``funcdl examples``)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import pathlib
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+INTERRUPTED = 130  # exit status of a program stopped by Ctrl-C (128 + SIGINT)
+
+
+def parser(doc: str, name: str) -> argparse.ArgumentParser:
+    """An argument parser with the options every example shares: --smoke, --out, --seed."""
+    p = argparse.ArgumentParser(description=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--smoke", action="store_true",
+                   help="a few-second run on tiny sizes for the tests (numbers not meaningful)")
+    p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs") / name,
+                   help=f"directory for checkpoints, logs and plots (default: runs/{name})")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    return p
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a float > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+@contextlib.contextmanager
+def stopwatch() -> Iterator[Callable[[], float]]:
+    """``with stopwatch() as elapsed: ...; elapsed()`` gives the seconds since entering."""
+    t0 = time.perf_counter()
+    yield lambda: time.perf_counter() - t0
+
+
+def predict_batches(forward: Callable, model: nnx.Module, arrays: tuple[np.ndarray, ...],
+                    batch_size: int = 256) -> np.ndarray:
+    """``forward(model, *batch)`` (an ``nnx.jit`` function) over batches of one fixed size (the
+    last one padded, then cut), concatenated as numpy. Dropout is off while predicting."""
+    n = len(arrays[0])
+    size = min(batch_size, n)
+    outs = []
+    model.eval()
+    try:
+        for start in range(0, n, size):
+            batch = [a[start:start + size] for a in arrays]
+            real = len(batch[0])
+            if real < size:  # keep one compiled shape
+                batch = [np.concatenate([b, np.repeat(b[-1:], size - real, axis=0)]) for b in batch]
+            outs.append(np.asarray(forward(model, *batch))[:real])
+    finally:
+        model.train()
+    return np.concatenate(outs)
+
+
+@nnx.jit
+def predict_classes(model: nnx.Module, *inputs) -> jax.Array:
+    """The arg-max class of ``model(*inputs)``'s logits."""
+    return jnp.argmax(model(*inputs), axis=-1)
+
+
+def resume_hint(script: str, out: pathlib.Path, extra: str = "") -> str:
+    return (f"interrupted: checkpoint saved in {out}; resume with: "
+            f"python examples/{script}.py --out {out} --resume{extra}")
+
+
+def exit_interrupted(message: str) -> int:
+    print(f"\n{message}", file=sys.stderr, flush=True)
+    return INTERRUPTED
