@@ -1,0 +1,143 @@
+"""The ``funcdl`` command: subcommands, their output, and their errors on bad input."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from funcdl import cli
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+EXAMPLE_NAMES = sorted(p.stem for p in (ROOT / "examples").glob("*.py")
+                       if not p.stem.startswith("_"))
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    """``funcdl ARGV`` in this process: (exit status, stdout, stderr)."""
+    try:
+        code = cli.main(list(argv))
+    except SystemExit as stop:  # argparse's errors and --help
+        code = stop.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_no_subcommand_and_unknown_subcommand_list_the_valid_names(capsys):
+    code, _, err = run(capsys)
+    assert code == 2 and "required: COMMAND" in err
+    code, _, err = run(capsys, "frobnicate")
+    assert code == 2
+    assert "invalid choice: 'frobnicate'" in err
+    for name in ("demo", "examples", "check", "bench", "explain", "info"):
+        assert f"'{name}'" in err
+
+
+def test_explain_reproduces_the_slides_3x3_walks(capsys):
+    code, out, _ = run(capsys, "explain", "sum", "--shape", "3,3", "--dim", "0")
+    assert code == 0
+    # the slides: offsets 0, 3, 6 read 0.1, 0.4, 0.7 and sum to 1.2; then 1.5 and 1.8
+    assert "x[0]=0.1" in out and "x[3]=0.4" in out and "x[6]=0.7" in out
+    assert "result: [1.2, 1.5, 1.8]" in out
+    code, out, _ = run(capsys, "explain", "sum", "--shape", "3,3", "--dim", "1")
+    assert code == 0 and "result: [0.6, 1.5, 2.4]" in out
+
+
+def test_explain_transposed_view_walks_storage_with_stride_one(capsys):
+    code, out, _ = run(capsys, "explain", "sum", "--shape", "3,3", "--dim", "0", "--transpose")
+    assert code == 0
+    assert "strides (1, 3)" in out
+    assert "result: [0.6, 1.5, 2.4]" in out  # column sums of the transpose = row sums of x
+
+
+@pytest.mark.parametrize("argv, flag, words", [
+    (("explain", "sum", "--shape", "3,x"), "--shape", "is not a shape"),
+    (("explain", "sum", "--shape", "3,0"), "--shape", "must be positive"),
+    (("explain", "sum", "--dim", "one"), "--dim", "invalid int value"),
+    (("explain", "median"), "op", "invalid choice: 'median'"),
+    (("check", "--tol", "tiny"), "--tol", "invalid float value"),
+])
+def test_bad_flag_values_are_argparse_errors_naming_the_flag(capsys, argv, flag, words):
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    assert f"argument {flag}" in err and words in err
+
+
+def test_explain_out_of_range_dim_uses_pytorchs_words(capsys):
+    with pytest.raises(IndexError, match=r"Dimension out of range \(expected to be in range of "
+                                         r"\[-2, 1\], but got 2\)"):
+        cli.main(["explain", "sum", "--shape", "3,3", "--dim", "2"])
+
+
+def test_examples_lists_every_example_with_its_description(capsys):
+    code, out, _ = run(capsys, "examples")
+    assert code == 0
+    lines = {line.split()[0]: line for line in out.splitlines()[1:] if line.strip()}
+    assert sorted(lines) == EXAMPLE_NAMES
+    for name, line in lines.items():
+        assert len(line.split(maxsplit=1)) == 2, f"{name} has no description"
+    assert "_common" not in out
+
+
+def test_unknown_example_lists_valid_names(capsys):
+    code, _, err = run(capsys, "examples", "mnist_gan")
+    assert code == 2
+    assert "unknown example 'mnist_gan'" in err
+    for name in EXAMPLE_NAMES:
+        assert name in err
+
+
+def test_examples_runs_an_example_with_arguments_after_double_dash(capsys):
+    code, out, _ = run(capsys, "examples", "strides_walkthrough", "--", "--smoke")
+    assert code == 0
+    assert "result: [1.2, 1.5, 1.8]" in out and "strides (12, 6, 2, 1)" in out
+
+
+def test_example_argument_errors_pass_through(capsys):
+    code, _, err = run(capsys, "examples", "strides_walkthrough", "--", "--no-such-flag")
+    assert code == 2 and "--no-such-flag" in err
+
+
+def test_ctrl_c_in_an_example_exits_130(capsys, monkeypatch):
+    def interrupted(path, args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "run_example", interrupted)
+    code, _, err = run(capsys, "examples", "strides_walkthrough")
+    assert code == 130 and "interrupted" in err
+
+
+def test_bench_delegates_to_the_benchmark_runner_from_the_repo_root(capsys, monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(cli.subprocess, "call", lambda cmd, cwd: calls.append((cmd, cwd)) or 0)
+    names = sorted(p.stem.removeprefix("bench_") for p in (ROOT / "benchmarks").glob("bench_*.py"))
+    chosen = names[:1]
+    code, _, _ = run(capsys, "bench", *chosen, "--quick", "--json", str(tmp_path / "b.json"))
+    assert code == 0
+    assert calls == [([sys.executable, "-m", "benchmarks", *chosen, "--quick", "--json",
+                       str(tmp_path / "b.json")], ROOT)]
+
+
+def test_bench_unknown_name_lists_valid_names(capsys):
+    code, _, err = run(capsys, "bench", "nope")
+    assert code == 2 and "unknown benchmark 'nope'" in err and "valid names:" in err
+
+
+def test_non_editable_install_gets_a_clear_message(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(cli, "__file__", str(tmp_path / "site-packages" / "funcdl" / "cli.py"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match="source checkout.*pip install -e"):
+        cli.main(["examples"])
+
+
+def test_info_via_the_console_script_reports_versions_and_devices():
+    exe = pathlib.Path(sys.executable).with_name("funcdl")
+    cmd = [str(exe), "info"] if exe.exists() else [sys.executable, "-m", "funcdl.cli", "info"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=120).stdout
+    for dist in ("jax", "flax", "optax", "numpy"):
+        assert f"{dist} " in out and importlib.metadata.version(dist) in out
+    assert "backend  cpu" in out or "backend  gpu" in out or "backend  tpu" in out
+    assert "devices  " in out
