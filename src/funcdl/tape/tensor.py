@@ -1,0 +1,447 @@
+"""The tape's data structures: `Tensor`, graph nodes, the `Tape`, and the recording switch.
+
+A differentiable function computes its forward on plain arrays and, when a `Tensor` that requires
+grad is among its inputs, calls `apply` to wrap the result and record a `Node`: the function's
+name (``MulBackward0``), its inputs, and one backward rule per input (micrograd's ``_backward``
+closure, split per operand so unused gradients are never computed). The node is appended to every
+active `Tape` (a contextvar, so a tape belongs to one `grad` call or one `with` block and to one
+thread); `Tensor.backward` needs no tape at all: it follows ``grad_fn`` links.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import traceback
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# (tape, tape, ...) innermost last; () when no grad call or `with Tape()` block is active.
+_TAPES: contextvars.ContextVar[tuple[Tape, ...]] = contextvars.ContextVar("funcdl_tapes",
+                                                                            default=())
+_GRAD_ENABLED: contextvars.ContextVar[bool] = contextvars.ContextVar("funcdl_grad", default=True)
+_ANOMALY: contextvars.ContextVar[bool] = contextvars.ContextVar("funcdl_anomaly", default=False)
+
+_PLAIN = (jax.Array, np.ndarray, np.generic, int, float, bool, complex, type(None))
+
+
+class Tape:
+    """An append-only list of the nodes recorded while it was active (Wengert's tape).
+
+    `tape.grad` opens one per call; ``with Tape() as t:`` opens one for a block. Once closed, the
+    Tensors recorded on it refuse further use: their data may hold tracers of a finished trace.
+    """
+
+    def __init__(self, owner: str = "a `with funcdl.tape.Tape()` block") -> None:
+        self.nodes: list[Node] = []
+        self.owner = owner
+        self.closed = False
+        self._token: contextvars.Token | None = None
+        self._outermost = True
+
+    def __enter__(self) -> Tape:
+        if self.closed:
+            raise RuntimeError("This Tape is closed; open a new one with `with Tape() as t:`.")
+        self._outermost = not _TAPES.get()
+        self._token = _TAPES.set(_TAPES.get() + (self,))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.deactivate()
+        self.close()
+
+    def deactivate(self) -> None:
+        """Stop recording (the tape stays usable for `gradient`)."""
+        if self._token is not None:
+            _TAPES.reset(self._token)
+            self._token = None
+
+    def close(self) -> None:
+        """Free the recorded closures and refuse later use of its Tensors."""
+        if self._outermost:  # inner tapes' nodes are also on an open outer tape
+            for node in self.nodes:
+                node.release()
+        self.nodes = []
+        self.closed = True
+
+    def gradient(self, target: Tensor, sources: Sequence[Tensor] | Tensor, *,
+                 create_graph: bool = False) -> Any:
+        """d target / d sources, walking this tape in reverse (TensorFlow's GradientTape)."""
+        from funcdl.tape.autograd import tape_gradient
+
+        single = isinstance(sources, Tensor)
+        grads = tape_gradient(self, target, [sources] if single else list(sources),
+                              create_graph=create_graph)
+        return grads[0] if single else grads
+
+
+class Node:
+    """One recorded operation: ``grad_fn`` of its output Tensor.
+
+    ``rules[i](g, z, *xs)`` returns dL/dxs[i] from dL/dz = g, the output z and the inputs xs, all
+    plain arrays (or all Tensors when the backward is itself recorded, ``create_graph=True``).
+    ``joint(g, z, *xs)`` returns all input gradients at once (used by `Function`).
+    """
+
+    __slots__ = ("_name", "rules", "joint", "inputs", "versions", "depth", "_out", "stack",
+                 "__weakref__")
+
+    def __init__(self, name: str, inputs: tuple, rules: Sequence | None,
+                 joint: Callable | None, out: Tensor) -> None:
+        self._name = name
+        self.inputs = inputs
+        self.rules = rules
+        self.joint = joint
+        self.versions = tuple(x._version if isinstance(x, Tensor) else 0 for x in inputs)
+        self.depth = 1 + max((x.grad_fn.depth for x in inputs
+                              if isinstance(x, Tensor) and x.grad_fn is not None), default=0)
+        self._out = weakref.ref(out)
+        self.stack = traceback.extract_stack()[:-3] if _ANOMALY.get() else None
+
+    def name(self) -> str:
+        """PyTorch's class name for this backward, e.g. ``"SigmoidBackward0"``."""
+        return self._name
+
+    @property
+    def next_functions(self) -> tuple[tuple[Node | AccumulateGrad | None, int], ...]:
+        """For each input: its grad_fn, its AccumulateGrad when it is a leaf, else None."""
+        if self.inputs is None:
+            return ()
+        return tuple((_grad_node(x), 0) for x in self.inputs)
+
+    def needs(self, i: int) -> bool:
+        x = self.inputs[i]
+        return isinstance(x, Tensor) and x.requires_grad
+
+    def release(self) -> None:
+        self.rules = self.joint = None
+        self.inputs = None
+
+    def __repr__(self) -> str:
+        return f"<{self._name} object at {id(self):#x}>"
+
+
+class AccumulateGrad:
+    """The node that receives a leaf's gradient (``next_functions`` shows it, as PyTorch does)."""
+
+    def __init__(self, variable: Tensor) -> None:
+        self.variable = variable
+        self.next_functions = ()
+
+    def name(self) -> str:
+        return "torch::autograd::AccumulateGrad"
+
+    def __repr__(self) -> str:
+        return f"<AccumulateGrad object at {id(self):#x}>"
+
+
+def _grad_node(x: Any) -> Node | AccumulateGrad | None:
+    if not isinstance(x, Tensor) or not x.requires_grad:
+        return None
+    if x.grad_fn is not None:
+        return x.grad_fn
+    if x._accumulator is None:
+        x._accumulator = AccumulateGrad(x)
+    return x._accumulator
+
+
+def _check_grad_dtype(dtype: Any) -> None:
+    if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.complexfloating)):
+        raise RuntimeError("Only Tensors of floating point and complex dtype can require "
+                           f"gradients (got dtype {dtype}); convert first, e.g. "
+                           "tensor(x, dtype=jnp.float32, requires_grad=True).")
+
+
+class Tensor:
+    """A JAX array with PyTorch's autograd attributes.
+
+    ``data`` is a `jax.Array` (or a tracer inside jit/vmap); ``grad`` is a Tensor after
+    `backward`; ``grad_fn`` is the `Node` that made it (None for leaves). A Tensor is not a pytree
+    node: `jax.tree_util` and Flax NNX treat it as a leaf.
+    """
+
+    __slots__ = ("data", "requires_grad", "grad", "grad_fn", "_tape", "_version", "_accumulator",
+                 "_retains_grad", "__weakref__")
+    __array_priority__ = 1000  # numpy defers binary operators to Tensor
+    __array_ufunc__ = None
+
+    def __init__(self, data: Any, requires_grad: bool = False, *, _grad_fn: Node | None = None,
+                 _tape: Tape | None = None) -> None:
+        if isinstance(data, Tensor):
+            data = data.data
+        elif not isinstance(data, jax.Array):
+            data = jnp.asarray(data)
+        if requires_grad:
+            _check_grad_dtype(data.dtype)
+        self.data = data
+        self.requires_grad = requires_grad
+        self.grad: Tensor | None = None
+        self.grad_fn = _grad_fn
+        self._tape = _tape
+        self._version = 0
+        self._accumulator: AccumulateGrad | None = None
+        self._retains_grad = False
+
+    # --- attributes --------------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.data.shape
+
+    @property
+    def ndim(self) -> int:
+        return self.data.ndim
+
+    @property
+    def dtype(self) -> Any:
+        return self.data.dtype
+
+    @property
+    def is_leaf(self) -> bool:
+        return self.grad_fn is None
+
+    @property
+    def T(self) -> Tensor:  # noqa: N802 (PyTorch's name)
+        from funcdl.tape.functions import permute
+
+        return permute(self, tuple(range(self.ndim))[::-1])
+
+    @property
+    def mT(self) -> Tensor:  # noqa: N802
+        from funcdl.tape.functions import transpose
+
+        return transpose(self, -2, -1)
+
+    def size(self, dim: int | None = None) -> Any:
+        return self.shape if dim is None else self.shape[dim]
+
+    def dim(self) -> int:
+        return self.ndim
+
+    def numel(self) -> int:
+        return int(np.prod(self.shape))
+
+    def __len__(self) -> int:
+        if self.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
+        return self.shape[0]
+
+    # --- conversions -------------------------------------------------------------------------
+    def item(self) -> Any:
+        if self.data.size != 1:
+            raise RuntimeError(f"a Tensor with {self.data.size} elements cannot be converted "
+                               "to Scalar")
+        return self.data.item()
+
+    def numpy(self) -> np.ndarray:
+        if self.requires_grad:
+            raise RuntimeError("Can't call numpy() on Tensor that requires grad. "
+                               "Use tensor.detach().numpy() instead.")
+        return np.asarray(self.data)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self.numpy()
+        return out if dtype is None else out.astype(dtype)
+
+    def __float__(self) -> float:
+        return float(self.item())
+
+    def __int__(self) -> int:
+        return int(self.item())
+
+    def __bool__(self) -> bool:
+        if self.data.size != 1:
+            raise RuntimeError(f"Boolean value of Tensor with {self.data.size} elements is "
+                               "ambiguous")
+        return bool(self.data)
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def detach(self) -> Tensor:
+        """The same data, cut from the graph (a new leaf without grad)."""
+        return Tensor(self.data)
+
+    def requires_grad_(self, requires_grad: bool = True) -> Tensor:
+        if not self.is_leaf:
+            raise RuntimeError("you can only change requires_grad flags of leaf variables.")
+        if requires_grad:
+            _check_grad_dtype(self.dtype)
+        self.requires_grad = requires_grad
+        return self
+
+    def retain_grad(self) -> None:
+        """Keep ``.grad`` on this non-leaf after `backward` (as PyTorch's retain_grad)."""
+        if not self.requires_grad:
+            raise RuntimeError("can't retain_grad on Tensor that has requires_grad=False")
+        self._retains_grad = True
+
+    # --- in-place updates (for `with no_grad(): W -= lr * W.grad`) ---------------------------
+    def _inplace(self, value: Any) -> Tensor:
+        if self.requires_grad and _GRAD_ENABLED.get():
+            if self.is_leaf:
+                raise RuntimeError("a leaf Variable that requires grad is being used in an "
+                                   "in-place operation. Wrap the update in `with no_grad():`.")
+            raise RuntimeError("in-place operations on Tensors inside a recorded graph are not "
+                               "supported; write the out-of-place form (x = x - y).")
+        value = value.data if isinstance(value, Tensor) else jnp.asarray(value)
+        self.data = jnp.broadcast_to(value, self.shape).astype(self.dtype)
+        self._version += 1
+        return self
+
+    def __iadd__(self, other: Any) -> Tensor:
+        return self._inplace(self.data + _data(other))
+
+    def __isub__(self, other: Any) -> Tensor:
+        return self._inplace(self.data - _data(other))
+
+    def __imul__(self, other: Any) -> Tensor:
+        return self._inplace(self.data * _data(other))
+
+    def __itruediv__(self, other: Any) -> Tensor:
+        return self._inplace(self.data / _data(other))
+
+    def zero_(self) -> Tensor:
+        return self._inplace(jnp.zeros_like(self.data))
+
+    def copy_(self, other: Any) -> Tensor:
+        return self._inplace(_data(other))
+
+    def backward(self, gradient: Any = None, retain_graph: bool | None = None,
+                 create_graph: bool = False, inputs: Sequence[Tensor] | None = None) -> None:
+        """Accumulate d self / d leaf into every leaf's ``.grad`` (PyTorch semantics)."""
+        from funcdl.tape.autograd import backward
+
+        backward(self, gradient, retain_graph=retain_graph, create_graph=create_graph,
+                 inputs=inputs)
+
+    def __repr__(self) -> str:
+        body = np.array2string(np.asarray(self.data), precision=4, separator=", ",
+                               prefix="tensor(") if _concrete(self.data) else repr(self.data)
+        extra = ""
+        if self.grad_fn is not None:
+            extra = f", grad_fn=<{self.grad_fn.name()}>"
+        elif self.requires_grad:
+            extra = ", requires_grad=True"
+        return f"tensor({body}{extra})"
+
+
+def _concrete(x: Any) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _data(x: Any) -> Any:
+    return x.data if isinstance(x, Tensor) else x
+
+
+def tensor(data: Any, requires_grad: bool = False, dtype: Any = None) -> Tensor:
+    """A new leaf Tensor (``torch.tensor``); Python floats become float32 as in PyTorch."""
+    data = _data(data)
+    if dtype is None and isinstance(data, float | list | tuple):
+        arr = np.asarray(data)
+        dtype = jnp.float32 if arr.dtype == np.float64 else None
+    return Tensor(jnp.asarray(data, dtype=dtype), requires_grad=requires_grad)
+
+
+def unwrap(x: Any) -> Any:
+    """Turn an NNX Variable (or anything with ``__jax_array__``) into its value."""
+    if isinstance(x, Tensor) or isinstance(x, _PLAIN):
+        return x
+    getter = getattr(x, "get_value", None)  # flax.nnx.Variable, without importing flax here
+    if getter is not None:
+        return getter()
+    return x
+
+
+def _escaped(t: Tensor) -> RuntimeError:
+    return RuntimeError(
+        f"This Tensor was recorded on a tape owned by {t._tape.owner}, which has finished; "
+        "its data may be a tracer of a finished jax.jit/vmap trace. Use the arrays that call "
+        "returned (or `.detach()` a value inside the call) instead of keeping Tensors from it.")
+
+
+def apply(name: str, forward: Callable[..., Any], inputs: tuple, rules: Sequence | None = None,
+          joint: Callable | None = None) -> Any:
+    """Run ``forward`` on the inputs' data; wrap and record when a Tensor is among the inputs.
+
+    Plain inputs give the plain forward result, so jax.grad/jit/vmap see ordinary jnp code.
+    """
+    has_tensor = False
+    for x in inputs:
+        if isinstance(x, Tensor):
+            has_tensor = True
+            if x._tape is not None and x._tape.closed:
+                raise _escaped(x)
+    if not has_tensor:
+        return forward(*inputs)
+    out = forward(*[x.data if isinstance(x, Tensor) else x for x in inputs])
+    return wrap(name, out, inputs, rules, joint)
+
+
+def wrap(name: str, out: Any, inputs: tuple, rules: Sequence | None = None,
+         joint: Callable | None = None) -> Tensor:
+    """Wrap a forward result as a Tensor, recording a node when grad mode needs one."""
+    tapes = _TAPES.get()
+    record = _GRAD_ENABLED.get() and any(isinstance(x, Tensor) and x.requires_grad
+                                         for x in inputs)
+    if not record:
+        return Tensor(out, _tape=tapes[0] if tapes else None)
+    result = Tensor.__new__(Tensor)
+    result.data = out
+    result.requires_grad = True
+    result.grad = None
+    result._tape = tapes[0] if tapes else None
+    result._version = 0
+    result._accumulator = None
+    result._retains_grad = False
+    node = Node(name, inputs, rules, joint, result)
+    result.grad_fn = node
+    for tape in tapes:
+        tape.nodes.append(node)
+    return result
+
+
+@contextlib.contextmanager
+def no_grad() -> Iterator[None]:
+    """Record nothing inside the block (``torch.no_grad``); Tensors still come out."""
+    token = _GRAD_ENABLED.set(False)
+    try:
+        yield
+    finally:
+        _GRAD_ENABLED.reset(token)
+
+
+@contextlib.contextmanager
+def enable_grad() -> Iterator[None]:
+    """Record again inside a `no_grad` block."""
+    token = _GRAD_ENABLED.set(True)
+    try:
+        yield
+    finally:
+        _GRAD_ENABLED.reset(token)
+
+
+def is_grad_enabled() -> bool:
+    return _GRAD_ENABLED.get()
+
+
+@contextlib.contextmanager
+def detect_anomaly() -> Iterator[None]:
+    """Check every backward rule's output for NaN and name the op that produced it.
+
+    Nodes recorded inside the block keep the Python stack of their forward call, which the
+    error shows. Checks need concrete values: inside jax.jit they are skipped.
+    """
+    token = _ANOMALY.set(True)
+    try:
+        yield
+    finally:
+        _ANOMALY.reset(token)
+
+
+def anomaly_enabled() -> bool:
+    return _ANOMALY.get()
