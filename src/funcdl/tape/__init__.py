@@ -6,6 +6,7 @@ closure. `grad` / `value_and_grad` run a function on a fresh tape; `Tensor.backw
 """
 
 from funcdl.tape.autograd import backward, grad, value_and_grad
+from funcdl.tape.function import Function, FunctionCtx
 from funcdl.tape.functions import (
     abs,
     add,
@@ -64,6 +65,8 @@ from funcdl.tape.functions import (
     view,
     where,
 )
+from funcdl.tape.gradcheck import GradcheckError, gradcheck
+from funcdl.tape.graph import graph_dot, graph_text, render
 from funcdl.tape.tensor import (
     AccumulateGrad,
     Node,
@@ -77,13 +80,14 @@ from funcdl.tape.tensor import (
 )
 
 __all__ = [
-    "AccumulateGrad", "Node", "Tape", "Tensor", "abs", "add", "amax", "backward",
-    "binary_cross_entropy_with_logits", "broadcast_shapes", "broadcast_to", "cat", "clamp",
-    "clip", "concatenate", "cross_entropy", "detect_anomaly", "div", "dropout", "embedding",
-    "enable_grad", "erf", "exp", "expand", "gelu", "getitem", "grad", "index_add_into",
-    "is_grad_enabled", "layer_norm", "linear", "log", "log_softmax", "logsumexp", "masked_fill",
-    "matmul", "maximum", "mean", "minimum", "mse_loss", "mul", "neg", "no_grad", "permute",
-    "pow", "relu", "reshape", "sigmoid", "silu", "softmax", "softplus", "split", "sqrt",
-    "squeeze", "stack", "sub", "sum", "take", "tanh", "tensor", "transpose", "tril", "triu",
+    "abs", "AccumulateGrad", "add", "amax", "backward", "binary_cross_entropy_with_logits",
+    "broadcast_shapes", "broadcast_to", "cat", "clamp", "clip", "concatenate", "cross_entropy",
+    "detect_anomaly", "div", "dropout", "embedding", "enable_grad", "erf", "exp", "expand",
+    "Function", "FunctionCtx", "gelu", "getitem", "grad", "gradcheck", "GradcheckError",
+    "graph_dot", "graph_text", "index_add_into", "is_grad_enabled", "layer_norm", "linear",
+    "log", "log_softmax", "logsumexp", "masked_fill", "matmul", "maximum", "mean", "minimum",
+    "mse_loss", "mul", "neg", "no_grad", "Node", "permute", "pow", "relu", "render", "reshape",
+    "sigmoid", "silu", "softmax", "softplus", "split", "sqrt", "squeeze", "stack", "sub",
+    "sum", "take", "tanh", "Tape", "Tensor", "tensor", "transpose", "tril", "triu",
     "unsqueeze", "value_and_grad", "var", "view", "where",
 ]

@@ -1,0 +1,124 @@
+"""`Function`: a differentiable operation given by its own forward and backward (PyTorch's
+``torch.autograd.Function``).
+
+    class Exp(Function):
+        @staticmethod
+        def forward(ctx, x):
+            z = jnp.exp(x)
+            ctx.save_for_backward(z)
+            return z
+
+        @staticmethod
+        def backward(ctx, grad):
+            (z,) = ctx.saved_tensors
+            return grad * z
+
+    Exp.apply(x)
+
+``forward`` sees plain arrays (the inputs' data) and returns one array. ``backward`` returns one
+gradient per forward input (None for inputs without one). With Tensors among the inputs ``apply``
+records a node named ``ExpBackward``; with plain arrays it is a `jax.custom_vjp`, so `jax.grad`
+uses the same backward. Saved values are constants for higher-order derivatives.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from funcdl.tape.tensor import Tensor, _data, no_grad, unwrap, wrap
+
+
+class FunctionCtx:
+    """What ``forward`` leaves for ``backward``: saved arrays and any attributes set on it."""
+
+    def __init__(self, needs_input_grad: tuple[bool, ...]) -> None:
+        self.needs_input_grad = needs_input_grad
+        self.saved_tensors: tuple = ()
+
+    def save_for_backward(self, *values: Any) -> None:
+        self.saved_tensors = tuple(_data(v) for v in values)
+
+
+def _differentiable(x: Any) -> bool:
+    if isinstance(x, Tensor):
+        return True
+    if isinstance(x, jax.Array | np.ndarray | float):
+        return bool(jnp.issubdtype(jnp.result_type(x), jnp.inexact))
+    return False
+
+
+def _as_tuple(grads: Any, n: int, name: str) -> tuple:
+    grads = grads if isinstance(grads, tuple | list) else (grads,)
+    if len(grads) != n:
+        raise RuntimeError(f"function {name}Backward returned an incorrect number of gradients "
+                           f"(expected {n}, got {len(grads)})")
+    return tuple(grads)
+
+
+class Function:
+    """Subclass with static ``forward(ctx, *args)`` and ``backward(ctx, grad)``; call ``apply``."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, *args: Any) -> Any:
+        raise NotImplementedError("You must implement the forward function for custom "
+                                  "autograd.Function.")
+
+    @staticmethod
+    def backward(ctx: FunctionCtx, grad: Any) -> Any:
+        raise NotImplementedError("You must implement the backward function for custom "
+                                  "autograd.Function.")
+
+    @classmethod
+    def apply(cls, *args: Any) -> Any:
+        args = tuple(unwrap(a) for a in args)
+        if any(isinstance(a, Tensor) for a in args):
+            return cls._apply_tape(args)
+        return cls._apply_plain(args)
+
+    @classmethod
+    def _apply_tape(cls, args: tuple) -> Tensor:
+        needs = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
+        ctx = FunctionCtx(needs)
+        with no_grad():
+            out = _data(cls.forward(ctx, *[_data(a) for a in args]))
+        name = cls.__name__
+
+        def joint(g: Any, z: Any, *xs: Any) -> tuple:
+            return _as_tuple(cls.backward(ctx, g), len(args), name)
+
+        return wrap(f"{name}Backward", out, args, joint=joint)
+
+    @classmethod
+    def _apply_plain(cls, args: tuple) -> Any:
+        slots = [i for i, a in enumerate(args) if _differentiable(a)]
+        ctx_box: list[FunctionCtx] = []
+
+        def fill(arrays: tuple) -> list:
+            full = list(args)
+            for i, a in zip(slots, arrays):
+                full[i] = a
+            return full
+
+        def run(*arrays: Any) -> Any:
+            return cls.forward(FunctionCtx(tuple(True for _ in args)), *fill(arrays))
+
+        def fwd(*arrays: Any) -> tuple:
+            ctx = FunctionCtx(tuple(i in slots for i in range(len(args))))
+            out = cls.forward(ctx, *fill(arrays))
+            ctx_box.append(ctx)
+            return out, ctx.saved_tensors
+
+        def bwd(saved: tuple, g: Any) -> tuple:
+            ctx = ctx_box[-1]
+            ctx.saved_tensors = saved
+            grads = _as_tuple(cls.backward(ctx, g), len(args), cls.__name__)
+            return tuple(jnp.zeros_like(args[i]) if grads[i] is None else grads[i]
+                         for i in slots)
+
+        f = jax.custom_vjp(run)
+        f.defvjp(fwd, bwd)
+        return f(*[args[i] for i in slots])
