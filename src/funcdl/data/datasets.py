@@ -180,16 +180,13 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """The arrays of a ``.npz`` archive as a dict (no pickled objects are loaded)."""
     name = os.fspath(path)
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            if not hasattr(archive, "files"):
-                raise ValueError(f"{name}: a single .npy array, not an .npz archive")
-            return {k: archive[k] for k in archive.files}
-    except ValueError as e:
-        if str(e).startswith(name):
-            raise
+        loaded = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
         raise ValueError(f"{name}: not a readable .npz archive ({e})") from e
-    except OSError as e:
-        raise ValueError(f"{name}: not a readable .npz archive ({e})") from e
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise ValueError(f"{name}: a single .npy array, not an .npz archive; use np.load")
+    with loaded as archive:
+        return {k: archive[k] for k in archive.files}
 
 
 # IDX type codes (http://yann.lecun.com/exdb/mnist/): all multi-byte values are big-endian.
