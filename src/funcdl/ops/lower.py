@@ -81,18 +81,61 @@ def plan_slices(s: StridedArray) -> SlicePlan | None:
     return best
 
 
-def _lower_slices(s: StridedArray, plan: SlicePlan) -> jnp.ndarray:
+def _box(s: StridedArray, plan: SlicePlan) -> jnp.ndarray:
+    """The storage region of the plan, reshaped to the box (a bitcast when no pad is needed)."""
     data = s.storage
     if plan.pad:  # the box overhangs the storage end; only reached for ragged offsets
         data = jnp.pad(data, (0, plan.pad))
     length = math.prod(plan.box)
     if plan.start or length != data.shape[0]:
         data = lax.slice(data, (plan.start,), (plan.start + length,))
-    box = data.reshape(plan.box)
-    limits = tuple(q + (n - 1) * c + 1 for q, n, c in zip(plan.starts, plan.sizes, plan.steps))
-    if plan.starts != (0,) * len(limits) or limits != plan.box or any(c != 1 for c in plan.steps):
-        box = lax.slice(box, plan.starts, limits, plan.steps)
+    return data.reshape(plan.box)
+
+
+def _limits(plan: SlicePlan) -> tuple[int, ...]:
+    return tuple(q + (n - 1) * c + 1 for q, n, c in zip(plan.starts, plan.sizes, plan.steps))
+
+
+def _slice_box(box: jnp.ndarray, plan: SlicePlan, axes: tuple[int, ...]) -> jnp.ndarray:
+    """Apply the plan's slices of box axes ``axes`` to ``box`` (whose axes are exactly those)."""
+    starts = tuple(plan.starts[a] for a in axes)
+    limits = tuple(_limits(plan)[a] for a in axes)
+    steps = tuple(plan.steps[a] for a in axes)
+    if starts == (0,) * len(axes) and limits == box.shape and steps == (1,) * len(axes):
+        return box
+    return lax.slice(box, starts, limits, steps)
+
+
+def _lower_slices(s: StridedArray, plan: SlicePlan) -> jnp.ndarray:
+    box = _slice_box(_box(s, plan), plan, tuple(range(len(plan.box))))
     return box.reshape(plan.sizes) if plan.dims else box.reshape(())
+
+
+MAX_DEFERRED_WASTE = 4  # read at most this many box elements per view element to skip a copy
+
+
+def reduce_box(s: StridedArray, dims: tuple[int, ...], reduce_fn, lowering: str = "auto"):
+    """``(result, kept_dims)``: ``reduce_fn(array, axes)`` over the view's real dims in ``dims``.
+
+    On the slice path, when the reduced box axes need no slicing, the whole box is reduced first
+    and the kept axes are sliced afterwards: positions are reduced independently, so the junk
+    between a strided view's elements lands only in outputs that the slice then drops. XLA fuses
+    a reshape into the reduction but copies a strided slice, so reading the storage once at full
+    speed beats copying the view first (``x[:, ::2]`` summed over dim 0: ~3x faster).
+    """
+    plan = None if lowering == "gather" or s.size == 0 else plan_slices(s)
+    if plan is not None and plan.dims:
+        axes = tuple(a for a, d in enumerate(plan.dims) if d in dims)
+        kept = tuple(a for a in range(len(plan.dims)) if a not in axes)
+        full = all(plan.starts[a] == 0 and plan.steps[a] == 1 and plan.sizes[a] == plan.box[a]
+                   for a in axes)
+        waste = math.prod(plan.box) / math.prod(plan.sizes)
+        if full and 1 < waste <= MAX_DEFERRED_WASTE:
+            r = reduce_fn(_box(s, plan), axes)
+            return _slice_box(r, plan, kept), tuple(plan.dims[a] for a in kept)
+    arr, adims = lower(s, lowering)
+    axes = tuple(a for a, d in enumerate(adims) if d in dims)
+    return reduce_fn(arr, axes), tuple(d for d in adims if d not in dims)
 
 
 def offsets(s: StridedArray, dims: tuple[int, ...]) -> jnp.ndarray:

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from funcdl.ops.lower import lower, place, to_array
+from funcdl.ops.lower import lower, place, real_dims, reduce_box, to_array
 from funcdl.ops.strided import StridedArray, _make, canonical_dim, canonical_dims
 
 Dim = int | tuple[int, ...] | None
@@ -103,11 +103,11 @@ def _reduce(op: str, x: Any, dim: Dim, keepdim: bool, lowering: str, correction:
         return _PLAIN[op](x, axis=dims if dim is not None else None, keepdims=keepdim)
     if x.size == 0:
         return _reduce(op, to_array(x), dim, keepdim, lowering, correction)
-    arr, adims = lower(x, lowering)
-    axes = tuple(a for a, d in enumerate(adims) if d in dims)
-    copies = math.prod(shape[d] for d in dims if d not in adims)
-    r = _combine(op, arr, axes, copies, correction)
-    kept = tuple(d for d in adims if d not in dims)
+    # Reduced dims that never move through storage (size 1, stride 0) are counted, not read.
+    moving = set(real_dims(x)) if lowering != "gather" else set(range(x.ndim))
+    copies = math.prod(shape[d] for d in dims if d not in moving)
+    r, kept = reduce_box(x, dims, lambda a, axes: _combine(op, a, axes, copies, correction),
+                         lowering)
     return place(r, _out_dims(kept, dims, keepdim), _out_shape(shape, dims, keepdim))
 
 
@@ -177,11 +177,12 @@ def _arg(op: str, x: Any, dim: int | None, keepdim: bool, lowering: str) -> jax.
         return r.reshape((1,) * len(shape)) if keepdim else r
     if not strided:
         return fn(x, axis=d, keepdims=keepdim)
-    arr, adims = lower(x, lowering)
-    if d in adims:
-        r, kept = fn(arr, axis=adims.index(d)), tuple(a for a in adims if a != d)
+    moving = real_dims(x) if lowering != "gather" else tuple(range(x.ndim))
+    if d in moving:
+        r, kept = reduce_box(x, (d,), lambda a, axes: fn(a, axis=axes[0]), lowering)
     else:  # every index along d reads the same value: the first one wins
-        r, kept = jnp.zeros(arr.shape, jnp.int32), adims
+        arr, kept = lower(x, lowering)
+        r = jnp.zeros(arr.shape, jnp.int32)
     return place(r, _out_dims(kept, (d,), keepdim), _out_shape(shape, (d,), keepdim))
 
 

@@ -1,0 +1,66 @@
+"""ops.sum / ops.amax over dim 0 and dim 1 of strided views of an N x N float32 array.
+
+Views: contiguous, transposed, ``x[:, ::2]`` and a row expanded to N x N (stride 0). funcdl runs
+jitted on the storage (the layout is static); peers: jnp on the materialised view (jitted; the
+copy is made before timing), numpy and torch CPU on the same views. Throughput is the logical
+bytes of the view (numel * 4) per second, whatever was actually read.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+from benchmarks.harness import Row, time_fn
+from funcdl import ops
+
+
+def _views(x: np.ndarray):
+    """(name, funcdl view, numpy view) triples; the numpy view shares x's memory like torch's."""
+    s = ops.from_array(x)
+    row = x[:1]  # 1 x N, expanded to N x N
+    yield "contiguous", s, x
+    yield "transposed", ops.transpose(s, 0, 1), x.T
+    yield "x[:, ::2]", s[:, ::2], x[:, ::2]
+    yield "expanded row", ops.expand(ops.from_array(row), x.shape), np.broadcast_to(row, x.shape)
+
+
+def _rows(case: str, layout, storage, dense, xv, tv, gb: float, repeat: int) -> list[Row]:
+    rows = []
+    for op, jfn, nfn, tfn in (("sum", jnp.sum, np.sum, torch.sum),
+                              ("amax", jnp.max, np.max, torch.amax)):
+        for dim in (0, 1):
+            f_ours = jax.jit(lambda st, op=op, dim=dim: getattr(ops, op)(
+                ops.as_strided(st, *layout), dim))
+            f_jnp = jax.jit(lambda a, jfn=jfn, dim=dim: jfn(a, axis=dim))
+            np.testing.assert_allclose(f_ours(storage), f_jnp(dense), rtol=2e-3, atol=2e-3)
+            impls = [
+                ("funcdl (jit, on storage)", lambda f=f_ours: f(storage)),
+                ("jnp (jit, materialised)", lambda f=f_jnp: f(dense)),
+                ("numpy (view)", lambda fn=nfn, dim=dim: fn(xv, axis=dim)),
+                ("torch (view)", lambda fn=tfn, dim=dim: fn(tv, dim=dim)),
+            ]
+            for impl, fn in impls:
+                sec = time_fn(fn, repeat=repeat)
+                rows.append(Row(f"ops.{op}", f"{case}, dim {dim}", impl, sec, gb / sec, "GB/s"))
+    return rows
+
+
+def run(quick: bool = False) -> list[Row]:
+    torch.set_num_threads(os.cpu_count() or 1)
+    n = 1024 if quick else 4096
+    repeat = 3 if quick else 7
+    x = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    t = torch.from_numpy(x)
+    torch_views = {"contiguous": t, "transposed": t.T, "x[:, ::2]": t[:, ::2],
+                   "expanded row": t[:1].expand(n, n)}
+    rows: list[Row] = []
+    for view_name, s, xv in _views(x):
+        dense = jnp.asarray(np.ascontiguousarray(xv))  # the copy is made before timing
+        rows += _rows(f"{n}x{n} {view_name}", (s.shape, s.strides, s.offset), s.storage, dense,
+                      xv, torch_views[view_name], xv.size * 4 / 1e9, repeat)
+    return rows

@@ -1,0 +1,211 @@
+"""Random layouts up to 5-D against numpy's as_strided on the same storage, on both lowerings.
+
+Two generators: raw ``as_strided`` layouts (any strides, 0 included, offsets, empty dims: mostly
+gathers) and chains of views from a dense array (permutations, steps, offsets, expands: mostly
+slice boxes), where numpy's own views give the expected values.
+"""
+
+import math
+import os
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from funcdl import ops
+
+EXAMPLES = max(4, int(os.environ.get("FUNCDL_HYPOTHESIS_EXAMPLES", "25")) // 2)
+VALUES = np.array([-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0], np.float32)  # sums are exact
+REDUCTIONS = ["sum", "mean", "prod", "amax", "amin", "logsumexp", "var", "argmax", "argmin"]
+
+
+def _storage(draw, n):
+    idx = draw(st.lists(st.integers(0, len(VALUES) - 1), min_size=n, max_size=n))
+    return VALUES[np.asarray(idx, np.int64)] if n else np.zeros(0, np.float32)
+
+
+def _np_view(storage, shape, strides, offset):
+    """numpy's reading of the layout: byte strides over the same buffer."""
+    itemsize = storage.itemsize
+    return np.lib.stride_tricks.as_strided(storage[offset:], shape, [s * itemsize for s in strides])
+
+
+@st.composite
+def raw_layouts(draw):
+    nd = draw(st.integers(0, 5))
+    shape = tuple(draw(st.lists(st.integers(0, 3), min_size=nd, max_size=nd)))
+    strides = tuple(draw(st.lists(st.integers(0, 7), min_size=nd, max_size=nd)))
+    offset = draw(st.integers(0, 5))
+    need = offset + sum((n - 1) * s for n, s in zip(shape, strides)) + 1 if math.prod(shape) else 0
+    storage = _storage(draw, max(need, offset) + draw(st.integers(0, 3)))
+    return storage, shape, strides, offset
+
+
+def _apply(draw, s, ref):
+    """One random view on both the StridedArray ``s`` and the numpy view ``ref``."""
+    kinds = ["permute", "slice", "unsqueeze", "expand", "squeeze", "reshape"]
+    if s.ndim and 0 not in s.shape:
+        kinds += ["select", "narrow"]
+    kind = draw(st.sampled_from(kinds if s.ndim else ["unsqueeze", "expand"]))
+    if kind == "permute":
+        perm = draw(st.permutations(range(s.ndim)))
+        return ops.permute(s, perm), np.transpose(ref, perm)
+    if kind == "unsqueeze":
+        d = draw(st.integers(-s.ndim - 1, s.ndim))
+        return ops.unsqueeze(s, d), np.expand_dims(ref, d)
+    if kind == "squeeze":
+        return ops.squeeze(s), np.squeeze(ref)
+    if kind == "expand":  # a new leading dim and every size-1 dim broadcast to 1..3
+        shape = [draw(st.integers(1, 3))] + [draw(st.integers(1, 3)) if n == 1 else n
+                                             for n in s.shape]
+        return ops.expand(s, shape), np.broadcast_to(ref, shape)
+    if kind == "reshape":  # merge two neighbours: a view or a copy depending on the strides
+        if s.ndim < 2:
+            return ops.reshape(s, (-1,)), ref.reshape(-1)
+        d = draw(st.integers(0, s.ndim - 2))
+        shape = s.shape[:d] + (s.shape[d] * s.shape[d + 1],) + s.shape[d + 2:]
+        return ops.reshape(s, shape), ref.reshape(shape)
+    d = draw(st.integers(0, s.ndim - 1))
+    n = s.shape[d]
+    if kind == "select":
+        i = draw(st.integers(-n, n - 1))
+        return ops.select(s, d, i), np.take(ref, i, axis=d)
+    if kind == "narrow":
+        start = draw(st.integers(0, n - 1))
+        length = draw(st.integers(0, n - start))
+        return ops.narrow(s, d, start, length), ref[(slice(None),) * d + (slice(start,
+                                                                               start + length),)]
+    start = draw(st.none() | st.integers(-n - 1, n + 1))
+    stop = draw(st.none() | st.integers(-n - 1, n + 1))
+    step = draw(st.integers(1, 3))
+    return ops.slice(s, d, start, stop, step), ref[(slice(None),) * d + (slice(start, stop, step),)]
+
+
+@st.composite
+def view_chains(draw):
+    nd = draw(st.integers(1, 4))
+    shape = tuple(draw(st.lists(st.integers(1, 4), min_size=nd, max_size=nd)))
+    storage = _storage(draw, math.prod(shape))
+    s, ref = ops.from_array(storage.reshape(shape)), storage.reshape(shape)
+    for _ in range(draw(st.integers(1, 4))):
+        if s.ndim >= 5:
+            break
+        s, ref = _apply(draw, s, ref)
+    return s, ref
+
+
+def _np_reduce(op, ref, dim, keepdim):
+    """The expected value, from numpy on the materialised view (torch's conventions)."""
+    axis = None if dim is None or dim == () else dim
+    if op in ("argmax", "argmin"):
+        r = getattr(np, op)(ref, axis=axis, keepdims=keepdim if axis is not None else False)
+        return r.reshape((1,) * ref.ndim) if axis is None and keepdim else r
+    x = ref.astype(np.float64)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        if op == "logsumexp":
+            m = np.max(x, axis=axis, keepdims=True)
+            r = np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True)) + m
+            return r if keepdim else np.squeeze(r, axis=axis)
+        if op == "var":
+            n = x.size if axis is None else math.prod(
+                x.shape[a] for a in (axis if isinstance(axis, tuple) else (axis,)))
+            ss = np.sum((x - np.mean(x, axis=axis, keepdims=True)) ** 2, axis=axis,
+                        keepdims=keepdim)
+            return ss / max(n - 1, 0)
+        fn = {"sum": np.sum, "mean": np.mean, "prod": np.prod, "amax": np.max, "amin": np.min}[op]
+        return fn(x, axis=axis, keepdims=keepdim)
+
+
+def _draw_reduction(draw, ndim, shape):
+    op = draw(st.sampled_from(REDUCTIONS))
+    if op in ("argmax", "argmin"):
+        dim = draw(st.none() | st.integers(-max(ndim, 1), max(ndim, 1) - 1))
+    else:
+        dim = draw(st.none() | st.integers(-max(ndim, 1), max(ndim, 1) - 1)
+                   | st.sets(st.integers(0, max(ndim - 1, 0)), max_size=ndim).map(tuple))
+    keepdim = draw(st.booleans())
+    dims = ops.canonical_dims(dim, ndim)
+    empty = math.prod(shape) == 0 and (dim is None or any(shape[d] == 0 for d in dims)
+                                       or op in ("mean", "var", "logsumexp"))
+    if empty and op not in ("sum", "prod"):
+        op = "sum"  # the others raise or give nan on empty input (checked elsewhere)
+    return op, dim, keepdim
+
+
+def _check_everything(data, storage, s, ref):
+    """Values of the view and one random reduction, on every applicable lowering, in one jit."""
+    lowerings = ["auto", "gather"] + (["slices"] if ops.plan_slices(s) is not None else [])
+    op, dim, keepdim = _draw_reduction(data.draw, s.ndim, s.shape)
+    layout = (s.shape, s.strides, s.offset)
+
+    def run(st_):
+        v = ops.as_strided(st_, *layout)
+        return {lw: (ops.to_array(v, lowering=lw),
+                     getattr(ops, op)(v, dim, keepdim, lowering=lw)) for lw in lowerings}
+
+    got = jax.jit(run)(jnp.asarray(storage))
+    want = _np_reduce(op, ref, dim, keepdim)
+    for lw, (arr, red) in got.items():
+        np.testing.assert_array_equal(arr, ref, err_msg=f"view values, lowering={lw}")
+        assert red.shape == np.shape(want), (op, dim, keepdim, lw)
+        np.testing.assert_allclose(red, want, rtol=2e-5, atol=2e-5,
+                                   err_msg=f"{op}(dim={dim}, keepdim={keepdim}), lowering={lw}")
+
+
+@settings(max_examples=EXAMPLES)
+@given(raw_layouts(), st.data())
+def test_raw_layouts_match_numpy_as_strided(layout, data):
+    storage, shape, strides, offset = layout
+    s = ops.as_strided(storage, shape, strides, offset)
+    _check_everything(data, storage, s, _np_view(storage, shape, strides, offset))
+
+
+@settings(max_examples=EXAMPLES)
+@given(view_chains(), st.data())
+def test_view_chains_match_numpy_views(chain, data):
+    s, ref = chain
+    storage = np.asarray(s.storage)
+    # the layout alone, read by numpy, gives numpy's own view: strides and offset are right
+    np.testing.assert_array_equal(_np_view(storage, s.shape, s.strides, s.offset), ref)
+    _check_everything(data, storage, s, ref)
+
+
+GRAD_OPS = {"sum": jnp.sum, "mean": jnp.mean, "prod": jnp.prod, "amax": jnp.max,
+            "amin": jnp.min, "logsumexp": jax.nn.logsumexp,
+            "var": lambda a, axis: jnp.var(a, axis=axis, ddof=1)}
+
+
+@settings(max_examples=EXAMPLES)
+@given(view_chains(), st.sampled_from(sorted(GRAD_OPS)), st.data())
+def test_grad_matches_jax_grad_of_jnp_on_the_materialised_view(chain, op, data):
+    s, _ = chain
+    if s.size == 0 or s.ndim == 0:
+        return
+    dim = data.draw(st.integers(0, s.ndim - 1))
+    if op == "var" and s.shape[dim] < 2:
+        op = "sum"
+    storage = jnp.asarray(s.storage)
+    # the materialised view, gathered by indices numpy computes from the layout
+    index = _np_view(np.arange(storage.shape[0]), s.shape, s.strides, s.offset)
+    layout = (s.shape, s.strides, s.offset)
+    weights = jnp.asarray(np.linspace(-1, 1, math.prod(_np_reduce("sum", index, dim, False).shape)
+                                      or 1, dtype=np.float32))
+
+    def ours(st_, lw):
+        r = getattr(ops, op)(ops.as_strided(st_, *layout), dim, lowering=lw)
+        return jnp.sum(r.reshape(-1) * weights[: r.size])
+
+    def reference(st_):
+        r = GRAD_OPS[op](st_[index], axis=dim)
+        return jnp.sum(r.reshape(-1) * weights[: r.size])
+
+    def grads(st_):
+        return jax.grad(reference)(st_), {lw: jax.grad(ours)(st_, lw) for lw in ("auto", "gather")}
+
+    want, got = jax.jit(grads)(storage)
+    for lw, g in got.items():
+        np.testing.assert_allclose(g, want, rtol=1e-4, atol=1e-5, err_msg=f"{op} dim={dim} {lw}")
