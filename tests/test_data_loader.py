@@ -103,6 +103,17 @@ def test_unshuffled_batches_match_torch(n, batch_size, drop_last):
         np.testing.assert_array_equal(gy, wy.numpy())
 
 
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_sampler_batches_match_torch(drop_last):
+    order = [7, 3, 3, 0, 9, 1, 4]
+    ours = DataLoader(id_dataset(10), 3, sampler=order, drop_last=drop_last)
+    theirs = torch.utils.data.DataLoader(np.arange(10), 3, sampler=order, drop_last=drop_last)
+    assert len(ours) == len(theirs)
+    assert ids_of(ours) == [b.tolist() for b in theirs]
+    with pytest.raises(ValueError, match="mutually exclusive with shuffle"):
+        DataLoader(id_dataset(10), 3, sampler=order, shuffle=True)
+
+
 def test_default_collate_matches_torch_on_nested_samples():
     samples = [{"x": np.full((2,), i, np.float32), "pair": (i, float(i) / 2)} for i in range(3)]
     ours = default_collate(samples)
@@ -331,3 +342,13 @@ def test_ragged_samples_say_how_to_pad():
     np.testing.assert_array_equal(ids, [[1, 2, 3], [1, 0, 0], [1, 2, 0]])
     np.testing.assert_array_equal(mask, [[0, 0, 0], [0, 1, 1], [0, 0, 1]])
     np.testing.assert_array_equal(labels, [0, 1, 2])
+
+
+def test_importing_funcdl_data_does_not_import_jax():
+    """Worker processes import funcdl.data; keeping JAX out of that import keeps them light."""
+    import subprocess
+    import sys
+
+    code = "import sys, funcdl.data; print('jax' in sys.modules, 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]

@@ -489,8 +489,9 @@ class DataLoader:
             nb, pc = len(self.batch_sampler), self.process_count
             return nb // pc if self.drop_last else math.ceil(nb / pc)
         else:
-            n = self._num_local_samples() if self.sampler is None else math.ceil(
-                len(self.sampler) / self.process_count)
+            n = len(self.dataset) if self.sampler is None else len(self.sampler)
+            pc = self.process_count
+            n = n // pc if self.drop_last else math.ceil(n / pc)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def _index_batches(self, epoch: int) -> list[np.ndarray]:
