@@ -97,7 +97,8 @@ class Checkpointer:
         ocp = self._ocp
         options = ocp.CheckpointManagerOptions(
             max_to_keep=self.keep, create=True, enable_async_checkpointing=False)
-        return ocp.CheckpointManager(self.directory, options=options)
+        handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+        return ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
     def steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
@@ -115,11 +116,13 @@ class Checkpointer:
 
     def restore(self, step: int, templates: dict[str, Any]) -> tuple[dict[str, Any], dict]:
         """``(arrays, meta)`` of checkpoint ``step``, arrays shaped like ``templates``; raises
-        ``CheckpointError`` if it is partial, unreadable or fails its checksum."""
+        ``CheckpointError`` if it is partial, unreadable or fails its checksum. ``templates`` may
+        name a subset of the saved groups (e.g. only ``"params"``); all are read and verified."""
         ocp = self._ocp
         path = os.path.join(self.directory, str(step))
-        target = {k: flatten(v) for k, v in templates.items()}
         try:
+            saved = self._manager.item_metadata(int(step))["state"].tree
+            target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), saved)
             out = self._manager.restore(int(step), args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
             flat = {g: {n: np.asarray(a) for n, a in d.items()} for g, d in out["state"].items()}
@@ -132,6 +135,9 @@ class Checkpointer:
             raise CheckpointError(
                 f"checkpoint {path} is corrupt: its arrays do not match the checksum written "
                 "with them; delete it or restore an earlier step")
+        missing = set(templates) - set(flat)
+        if missing:
+            raise CheckpointError(f"checkpoint {path} has no {sorted(missing)}")
         return {k: unflatten(flat[k], templates[k]) for k in templates}, meta
 
     def restore_latest(self, templates: dict[str, Any]) -> tuple[dict[str, Any], dict] | None:

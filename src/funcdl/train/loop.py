@@ -318,6 +318,8 @@ def fit(
             state = state._replace(opt_state=place(scheduler.step(row["eval_loss"],
                                                                   state.opt_state)))
         row["lr"] = _lr(state.opt_state)
+        if precision == "fp16":
+            row["loss_scale"] = float(to_host(state.loss_scale.scale))
         row["seconds"] = seconds
         row["samples_per_s"] = samples / max(seconds, 1e-9)
         if "eval_loss" in row and (history.best_eval_loss is None

@@ -268,21 +268,59 @@ class CompiledStep:
             self._seen.append(sig)
         return self._fn(*args)
 
+    def _share(self, other: CompiledStep) -> CompiledStep:
+        """This step with ``other``'s compiled code and a fresh record of warned shapes."""
+        self._fn, self._batch_argnum, self._name = other._fn, other._batch_argnum, other._name
+        self._seen = []
+        return self
+
     @property
     def jitted(self) -> Callable:
         return self._fn
+
+
+# Jitted steps by what defines them, so calling ``fit`` again with the same model structure, loss
+# function and optimizer object reuses the compiled code instead of compiling it again.
+_STEP_CACHE: dict = {}
+_STEP_CACHE_SIZE = 32
+
+
+def _cached(key: Any, build: Callable[[], CompiledStep]) -> CompiledStep:
+    try:
+        hash(key)
+    except TypeError:  # an unhashable optimizer or metric: no reuse, still correct
+        return build()
+    if key not in _STEP_CACHE:
+        if len(_STEP_CACHE) >= _STEP_CACHE_SIZE:
+            _STEP_CACHE.pop(next(iter(_STEP_CACHE)))
+        _STEP_CACHE[key] = build()
+    step = _STEP_CACHE[key]
+    return CompiledStep.__new__(CompiledStep)._share(step)
 
 
 def make_train_step(graphdef: Any, loss_fn: Callable, optimizer: optax.GradientTransformation,
                     *, grad: str = "jax", precision: str = "fp32", **jit_kwargs: Any
                     ) -> CompiledStep:
     """Jitted ``(state, batch) -> (state, loss)``; the state is donated."""
-    fn = train_step_fn(graphdef, loss_fn, optimizer, grad=grad, precision=precision)
-    return CompiledStep(fn, batch_argnum=1, donate_argnums=(0,), **jit_kwargs)
+
+    def build():
+        fn = train_step_fn(graphdef, loss_fn, optimizer, grad=grad, precision=precision)
+        return CompiledStep(fn, batch_argnum=1, donate_argnums=(0,), **jit_kwargs)
+
+    key = ("train", graphdef, loss_fn, optimizer, grad, precision,
+           tuple(sorted(jit_kwargs.items())))
+    return _cached(key, build)
 
 
 def make_eval_step(graphdef: Any, loss_fn: Callable, metrics: Mapping[str, Callable] | None = None,
                    *, precision: str = "fp32", **jit_kwargs: Any) -> CompiledStep:
     """Jitted ``(params, rest, sums, batch) -> sums``; the sums are donated."""
-    fn = eval_step_fn(graphdef, loss_fn, metrics, precision=precision)
-    return CompiledStep(fn, batch_argnum=3, donate_argnums=(2,), name="eval step", **jit_kwargs)
+
+    def build():
+        fn = eval_step_fn(graphdef, loss_fn, metrics, precision=precision)
+        return CompiledStep(fn, batch_argnum=3, donate_argnums=(2,), name="eval step",
+                            **jit_kwargs)
+
+    key = ("eval", graphdef, loss_fn, tuple(sorted((metrics or {}).items())), precision,
+           tuple(sorted(jit_kwargs.items())))
+    return _cached(key, build)
