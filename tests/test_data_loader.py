@@ -193,6 +193,26 @@ def test_iterable_dataset_batches_match_torch_and_resume(drop_last):
         DataLoader(Stream(3), 2, shuffle=True)
 
 
+class BrokenStream(IterableDataset):
+    def __iter__(self):
+        for i in range(10):
+            if i == 5:
+                raise OSError("connection reset")
+            yield np.int64(i)
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_stream_error_names_the_sample_and_stops_the_thread(prefetch):
+    before = live_threads()
+    loader = DataLoader(BrokenStream(), 2, prefetch=prefetch)
+    got = []
+    with pytest.raises(OSError, match="while reading sample 5 of the stream") as info:
+        for b in loader:
+            got.append(b.tolist())
+    assert got == [[0, 1], [2, 3]] and "connection reset" in str(info.value)
+    assert live_threads() <= before
+
+
 # ---------------------------------------------------------------- workers and threads
 
 

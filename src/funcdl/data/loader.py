@@ -316,6 +316,15 @@ class _Progress:
         self.epoch, self.position, self.done, self.active = epoch, position, False, True
 
 
+def _preload_loader_in_forkserver(ctx: Any) -> None:
+    """Let forked workers start with this module imported, unless the user set a preload list."""
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    if getattr(server, "_preload_modules", None) == ["__main__"]:
+        ctx.set_forkserver_preload(["__main__", "funcdl.data.loader"])
+
+
 def _shutdown(executor: Executor) -> None:
     executor.shutdown(wait=True, cancel_futures=True)
 
@@ -579,7 +588,7 @@ class DataLoader:
                     "level (no lambdas or local classes), or use worker_type='thread'") from e
             ctx = multiprocessing.get_context(self.multiprocessing_context)
             if self.multiprocessing_context == "forkserver":
-                ctx.set_forkserver_preload(["funcdl.data.loader"])
+                _preload_loader_in_forkserver(ctx)
             pool = ProcessPoolExecutor(self.num_workers, mp_context=ctx,
                                        initializer=_worker_init, initargs=(payload,))
         if self.persistent_workers:
