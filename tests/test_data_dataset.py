@@ -52,6 +52,15 @@ def test_array_dataset_matches_tensor_dataset():
         ours[1.0]
 
 
+def test_subset_of_arrays_fetches_batches_like_rows():
+    x = np.arange(20).reshape(10, 2)
+    sub = Subset(ArrayDataset(x, -x[:, 0]), [9, 2, 5])
+    bx, by = sub.get_batch([2, 0])
+    np.testing.assert_array_equal(bx, [x[5], x[9]])
+    np.testing.assert_array_equal(by, [-10, -18])
+    assert not hasattr(Subset(Squares(3), [0]), "get_batch")
+
+
 def test_subset_matches_torch():
     base = Squares(10)
     idx = [9, 0, 4, 4]

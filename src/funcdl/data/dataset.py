@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -124,6 +124,15 @@ class Subset(Dataset):
 
     def __getitem__(self, index: int) -> Any:
         return self.dataset[self.indices[_check_index(index, len(self))]]
+
+    @property
+    def get_batch(self) -> Callable[[Sequence[int]], Any]:
+        """The base dataset's batched fetch, when it has one (so random_split keeps it fast)."""
+        base = getattr(self.dataset, "get_batch", None)
+        if base is None:
+            raise AttributeError(f"{type(self.dataset).__name__} has no get_batch")
+        indices = np.asarray(self.indices, dtype=np.int64)
+        return lambda batch: base(indices[np.asarray(batch, dtype=np.int64)])
 
 
 def _split_lengths(lengths: Sequence[float], n: int) -> list[int]:
