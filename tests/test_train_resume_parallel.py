@@ -1,0 +1,99 @@
+"""Runs that cross process boundaries: a run killed mid-epoch and resumed ends bitwise equal to an
+uninterrupted one; 8 simulated devices and 2 processes (gloo over loopback) train to the same
+parameters as one device. The shared run is ``tests/_train_worker.py``."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import _train_worker as worker
+import numpy as np
+import pytest
+
+WORKER = os.path.join(os.path.dirname(__file__), "_train_worker.py")
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)
+    env.update(JAX_PLATFORMS="cpu", **extra)
+    return env
+
+
+def _worker(*args: str, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, WORKER, *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(p: subprocess.Popen, timeout: int = 240) -> tuple[int, str]:
+    try:
+        out, _ = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, _ = p.communicate()
+        pytest.fail(f"worker timed out:\n{out[-3000:]}")
+    return p.returncode, out
+
+
+@pytest.fixture(scope="module")
+def uninterrupted():
+    model, history = worker.train()
+    return worker.params_of(model), history
+
+
+def test_killed_mid_epoch_then_resumed_ends_bitwise_equal(tmp_path, uninterrupted):
+    from funcdl.train import Checkpointer
+
+    ckpt = tmp_path / "ckpt"
+    # 6 batches per epoch, a checkpoint every 4 steps and at each epoch's end: killed before
+    # batch 11 (epoch 2, batch 5), the newest checkpoint is step 8, mid-epoch 2.
+    code, out = _finish(_worker("kill", str(ckpt), "10", env=_env()))
+    assert code == 17, out[-3000:]
+    assert Checkpointer(ckpt).steps() == [4, 6, 8]
+    model, history = worker.train(checkpoint_dir=ckpt, resume=True, checkpoint_every=4)
+    expected, full_history = uninterrupted
+    got = worker.params_of(model)
+    assert got.keys() == expected.keys()
+    for k in expected:
+        assert np.array_equal(got[k], expected[k]), k
+    # the epoch that was cut in two reports the same mean loss as the uninterrupted run's
+    assert history["train_loss"] == full_history["train_loss"]
+    assert history["train_accuracy"] == full_history["train_accuracy"]
+    assert Checkpointer(ckpt).steps() == [12, 16, 18]  # the last keep=3
+
+
+def test_eight_devices_train_like_one():
+    out = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"mesh8_{os.getpid()}.npz")
+    code, log = _finish(_worker("mesh8", out, env=_env(
+        XLA_FLAGS="--xla_force_host_platform_device_count=8")))
+    assert code == 0, log[-3000:]
+    saved = dict(np.load(out))
+    os.remove(out)
+    names = [k[len("mesh/"):] for k in saved if k.startswith("mesh/")]
+    assert len(names) == 4
+    for k in names:
+        np.testing.assert_allclose(saved[f"mesh/{k}"], saved[f"single/{k}"], rtol=1e-5,
+                                   atol=1e-6)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_train_like_one(tmp_path, uninterrupted):
+    out = str(tmp_path / "dist.npz")
+    port = str(_free_port())
+    procs = [_worker("dist", out, port, str(pid), env=_env()) for pid in (0, 1)]
+    results = [_finish(p) for p in procs]
+    for code, log in results:
+        assert code == 0, log[-3000:]
+    got = dict(np.load(out))
+    expected, _ = uninterrupted
+    assert got.keys() == expected.keys()
+    for k in expected:
+        np.testing.assert_allclose(got[k], expected[k], rtol=1e-5, atol=1e-6)
