@@ -354,7 +354,7 @@ class DataLoader:
             shares unless ``drop_last``). Pass ``jax.process_index()``/``jax.process_count()``.
         worker_type: ``"process"`` (work that holds the GIL) or ``"thread"``.
         multiprocessing_context: start method for worker processes; default ``forkserver``
-            (``spawn`` where missing). ``"fork"`` is refused unless given explicitly.
+            (``spawn`` where missing); ``"fork"`` only when asked for (unsafe once JAX runs).
         persistent_workers: keep the worker pool between epochs (until ``close()``).
 
     Each ``iter(loader)`` runs the next epoch; ``state_dict()``/``load_state_dict()`` resume one
