@@ -1,0 +1,117 @@
+"""The two lowering paths on chosen layouts, and the programs they produce."""
+
+import jax
+import jax.extend
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from funcdl import ops
+
+N = 16  # storage of 12 elements 0..11: every value names its own offset
+
+
+def _np_view(shape, strides, offset, n=N):
+    return np.lib.stride_tricks.as_strided(np.arange(n, dtype=np.float32)[offset:], shape,
+                                           [4 * s for s in strides])
+
+
+LAYOUTS = {  # name: (shape, strides, offset, is a box of storage)
+    "contiguous": ((3, 4), (4, 1), 0, True),
+    "transposed": ((4, 3), (1, 4), 0, True),
+    "stepped": ((3, 2), (4, 2), 1, True),
+    "offset block": ((2, 2), (4, 1), 5, True),
+    "3-d permuted, stepped": ((2, 2, 3), (1, 6, 2), 0, True),
+    "stride not dividing": ((2, 2), (5, 2), 0, True),
+    "overhanging box (padded)": ((2, 3), (5, 1), 8, True),
+    "expanded": ((3, 4, 2), (0, 1, 0), 2, True),
+    "overlapping windows": ((4, 3), (2, 1), 0, False),
+    "equal strides": ((2, 2), (3, 3), 0, False),
+    "strides 8 and 6: rows of 8, step 6": ((2, 2), (8, 6), 0, True),
+    "strides 6, 4, 1: a (2, 3, 2) box": ((2, 2, 2), (6, 4, 1), 0, True),
+    "strides 5, 3, 1 (no box)": ((2, 2, 2), (5, 3, 1), 0, False),
+}
+
+
+def _primitives(fn, *args):
+    """Names of the primitives in ``fn``'s program, nested programs included."""
+    def walk(jaxpr):
+        for e in jaxpr.eqns:
+            yield e.primitive.name
+            for sub in jax.extend.core.jaxprs_in_params(e.params):
+                yield from walk(sub)
+    return set(walk(jax.make_jaxpr(fn)(*args).jaxpr))
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+def test_both_paths_read_what_numpy_reads(name):
+    shape, strides, offset, is_box = LAYOUTS[name]
+    storage = jnp.arange(N, dtype=jnp.float32)
+    s = ops.as_strided(storage, shape, strides, offset)
+    want = _np_view(shape, strides, offset)
+    assert (ops.plan_slices(s) is not None) == is_box
+    if name.endswith("(padded)"):
+        assert ops.plan_slices(s).pad == 2  # elements 8-10, 13-15 as rows of 5 from 8
+    lowerings = ["auto", "gather"] + (["slices"] if is_box else [])
+
+    def everything(st):  # one program for every path, so the test compiles once
+        v = ops.as_strided(st, shape, strides, offset)
+        return {lw: [ops.to_array(v, lowering=lw)]
+                + [ops.sum(v, d, lowering=lw) for d in (0, -1, None)]
+                + [ops.amax(v, d, lowering=lw) for d in (0, -1, None)] for lw in lowerings}
+
+    for lw, got in jax.jit(everything)(storage).items():
+        wants = [want] + [want.sum(axis=d) for d in (0, -1, None)] + [
+            want.max(axis=d) for d in (0, -1, None)]
+        for g, w in zip(got, wants):
+            np.testing.assert_allclose(g, w, err_msg=lw)
+    prims = _primitives(lambda st: ops.to_array(ops.as_strided(st, shape, strides, offset)),
+                        storage)
+    assert ("gather" in prims) != is_box, prims  # auto gathers only when there is no box
+    assert "gather" in _primitives(
+        lambda st: ops.to_array(ops.as_strided(st, shape, strides, offset), lowering="gather"),
+        storage)
+    if not is_box:
+        with pytest.raises(ValueError, match="not a strided box of its storage"):
+            ops.to_array(s, lowering="slices")
+
+
+def test_unknown_lowering_is_refused():
+    with pytest.raises(ValueError, match="lowering must be one of"):
+        ops.to_array(ops.from_array(np.ones(3)), lowering="fast")
+
+
+def test_contiguous_and_transposed_reductions_are_one_reshape_and_reduce():
+    storage = jnp.ones(64 * 32)
+    for strides, dim in (((32, 1), 1), ((1, 32), 0), ((1, 32), 1)):
+        shape = (64, 32) if strides == (32, 1) else (32, 64)
+        prims = _primitives(
+            lambda st, shape=shape, strides=strides, dim=dim: ops.sum(
+                ops.as_strided(st, shape, strides), dim), storage)
+        assert prims <= {"reshape", "reduce_sum", "transpose"}, prims
+
+
+def test_sum_over_a_stride_0_dim_never_materialises_the_broadcast():
+    row = jnp.arange(4.0)
+    big = ops.expand(ops.from_array(row)[None], (1000, 4))
+    jaxpr = str(jax.make_jaxpr(lambda st: ops.sum(ops.as_strided(st, big.shape, big.strides),
+                                                  (0, 1)))(row))
+    assert "1000,4" not in jaxpr.replace(" ", "")
+    assert float(ops.sum(big)) == 1000 * 6
+    assert float(ops.mean(big, 0)[3]) == 3 and float(ops.amax(big)) == 3
+    assert float(ops.logsumexp(ops.expand(ops.from_array(jnp.zeros(1)), (8,)))) == pytest.approx(
+        np.log(8))
+    np.testing.assert_allclose(ops.prod(ops.expand(ops.from_array(jnp.full(1, 2.0)), (10,))), 1024)
+    v = ops.var(ops.expand(ops.from_array(row)[None], (3, 4)), (0, 1), correction=1)
+    np.testing.assert_allclose(v, np.var(np.tile(np.arange(4.0), 3), ddof=1), rtol=1e-6)
+    np.testing.assert_array_equal(ops.argmax(big, 0), [0, 0, 0, 0])
+
+
+def test_strided_view_reduces_the_storage_box_first():
+    # x[:, ::2] summed over dim 0: column sums of the whole storage, then every other one
+    storage = jnp.arange(8 * 6, dtype=jnp.float32)
+    s = ops.from_array(storage.reshape(8, 6))[:, ::2]
+    jaxpr = jax.make_jaxpr(lambda st: ops.sum(ops.as_strided(st, s.shape, s.strides), 0))(storage)
+    kinds = [e.primitive.name for e in jaxpr.eqns]
+    assert kinds.index("reduce_sum") < kinds.index("slice")
+    np.testing.assert_allclose(ops.sum(s, 0), np.arange(48).reshape(8, 6)[:, ::2].sum(0))
