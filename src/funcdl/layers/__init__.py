@@ -1,0 +1,55 @@
+"""Flax NNX layers up to a Transformer encoder, at parity with ``torch.nn``.
+
+Every module computes with ``funcdl.tape``'s differentiable functions, so one definition is
+differentiated by ``jax.grad`` and by the tape. ``load_torch_state_dict`` loads PyTorch weights.
+"""
+
+from funcdl.layers.attention import (
+    AttentionHead,
+    MultiHeadAttention,
+    causal_mask,
+    scaled_dot_product_attention,
+)
+from funcdl.layers.basic import (
+    MLP,
+    Dropout,
+    Embedding,
+    LayerNorm,
+    Linear,
+    PositionalEmbedding,
+    sinusoidal_table,
+)
+from funcdl.layers.torch_io import (
+    load_torch_state_dict,
+    to_torch_state_dict,
+    torch_state_dict_keys,
+)
+from funcdl.layers.transformer import (
+    FeedForward,
+    MLMHead,
+    TransformerClassifier,
+    TransformerEncoder,
+    TransformerEncoderLayer,
+)
+
+__all__ = [
+    "scaled_dot_product_attention",
+    "causal_mask",
+    "Linear",
+    "Embedding",
+    "PositionalEmbedding",
+    "sinusoidal_table",
+    "LayerNorm",
+    "Dropout",
+    "MLP",
+    "AttentionHead",
+    "MultiHeadAttention",
+    "FeedForward",
+    "TransformerEncoderLayer",
+    "TransformerEncoder",
+    "TransformerClassifier",
+    "MLMHead",
+    "load_torch_state_dict",
+    "torch_state_dict_keys",
+    "to_torch_state_dict",
+]

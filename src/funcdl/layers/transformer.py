@@ -1,0 +1,274 @@
+"""The encoder: FeedForward, TransformerEncoderLayer, a scanned TransformerEncoder, and the seed
+notebook's TransformerClassifier and a BERT-style MLMHead."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from funcdl import tape as F
+from funcdl.layers.attention import MultiHeadAttention
+from funcdl.layers.basic import (
+    MLP,
+    Dropout,
+    Embedding,
+    LayerNorm,
+    Linear,
+    PositionalEmbedding,
+    activation_fn,
+    check_positive,
+    check_rate,
+    value,
+)
+
+__all__ = [
+    "FeedForward",
+    "TransformerEncoderLayer",
+    "TransformerEncoder",
+    "TransformerClassifier",
+    "MLMHead",
+]
+
+
+class FeedForward(nnx.Module):
+    """Position-wise feed-forward block: ``linear2(dropout(activation(linear1(x))))``.
+
+    This is PyTorch's ``TransformerEncoderLayer._ff_block`` without its trailing ``dropout2``
+    (the encoder layer applies that one to the residual branch); the slides' ``FeedForward`` is
+    the same block with its dropout moved to the end.
+    """
+
+    def __init__(self, embed_dim: int, ff_dim: int, *, dropout: float = 0.1,
+                 activation: str = "gelu", rngs: nnx.Rngs):
+        check_positive(embed_dim=embed_dim, ff_dim=ff_dim)
+        activation_fn(activation)
+        self.activation = activation
+        self.linear1 = Linear(embed_dim, ff_dim, rngs=rngs)
+        self.dropout = Dropout(dropout, rngs=rngs)
+        self.linear2 = Linear(ff_dim, embed_dim, rngs=rngs)
+
+    def __call__(self, x):
+        return self.linear2(self.dropout(activation_fn(self.activation)(self.linear1(x))))
+
+
+class TransformerEncoderLayer(nnx.Module):
+    """Self-attention and feed-forward, each with a residual connection and a LayerNorm.
+
+    ``norm_first=True`` is the slides' pre-LN layer (``x + attn(norm1(x))``, then
+    ``x + ff(norm2(x))``); ``norm_first=False`` is PyTorch's default post-LN
+    (``norm1(x + attn(x))``, then ``norm2(x + ff(x))``). Same sub-module names as
+    ``nn.TransformerEncoderLayer`` apart from ``attention`` (torch: ``self_attn``) and
+    ``feed_forward.linear1/2`` (torch: ``linear1/2``).
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, ff_dim: int, *, dropout: float = 0.1,
+                 activation: str = "gelu", norm_first: bool = True, layer_norm_eps: float = 1e-5,
+                 rngs: nnx.Rngs):
+        check_positive(embed_dim=embed_dim, num_heads=num_heads, ff_dim=ff_dim)
+        check_rate("dropout", dropout)
+        self.norm_first = norm_first
+        self.attention = MultiHeadAttention(embed_dim, num_heads, dropout=dropout, rngs=rngs)
+        self.feed_forward = FeedForward(embed_dim, ff_dim, dropout=dropout, activation=activation,
+                                        rngs=rngs)
+        self.norm1 = LayerNorm(embed_dim, eps=layer_norm_eps)
+        self.norm2 = LayerNorm(embed_dim, eps=layer_norm_eps)
+        self.dropout1 = Dropout(dropout, rngs=rngs)
+        self.dropout2 = Dropout(dropout, rngs=rngs)
+
+    def _sa(self, x, masks):
+        return self.dropout1(self.attention(x, **masks))
+
+    def _ff(self, x):
+        return self.dropout2(self.feed_forward(x))
+
+    def __call__(self, x, *, key_padding_mask=None, attn_mask=None, is_causal: bool = False):
+        masks = dict(key_padding_mask=key_padding_mask, attn_mask=attn_mask, is_causal=is_causal)
+        if self.norm_first:
+            x = F.add(x, self._sa(self.norm1(x), masks))
+            return F.add(x, self._ff(self.norm2(x)))
+        x = self.norm1(F.add(x, self._sa(x, masks)))
+        return self.norm2(F.add(x, self._ff(x)))
+
+
+def _is_tape_tensor(leaf) -> bool:
+    tensor_type = getattr(F, "Tensor", None)
+    return tensor_type is not None and isinstance(leaf, tensor_type)
+
+
+def _index_layer(state, i: int):
+    """Layer ``i`` of a stacked state; tape Tensors are indexed with the tape so grads flow."""
+    return jax.tree.map(lambda a: F.getitem(a, i) if _is_tape_tensor(a) else a[i], state)
+
+
+class TransformerEncoder(nnx.Module):
+    """``num_layers`` identical ``TransformerEncoderLayer``s with stacked parameters.
+
+    ``self.layers`` is one ``TransformerEncoderLayer`` whose every parameter has a leading
+    ``num_layers`` axis. The forward pass runs the layers with
+    ``jax.lax.scan`` over that axis, so the compiled program holds one layer body and compile time
+    does not grow with depth. Tape ``Tensor``s cannot pass through ``lax.scan`` (it traces its body
+    with abstract arrays), so when the parameters or the input are tape Tensors the same body runs
+    in a Python loop over the layers instead. ``final_norm=True`` adds a LayerNorm at the end
+    (PyTorch's ``norm=`` argument; its default ``None`` matches ``final_norm=False``).
+    """
+
+    def __init__(self, num_layers: int, embed_dim: int, num_heads: int, ff_dim: int, *,
+                 dropout: float = 0.1, activation: str = "gelu", norm_first: bool = True,
+                 layer_norm_eps: float = 1e-5, final_norm: bool = False, rngs: nnx.Rngs):
+        check_positive(num_layers=num_layers)
+        self.num_layers = num_layers
+        self.embed_dim = embed_dim
+
+        layers = [
+            TransformerEncoderLayer(
+                embed_dim, num_heads, ff_dim, dropout=dropout, activation=activation,
+                norm_first=norm_first, layer_norm_eps=layer_norm_eps, rngs=rngs)
+            for _ in range(num_layers)
+        ]
+        # Stack the layers' states along a new leading axis (what nnx.vmap over the constructor
+        # would build, without compiling a vmapped initialiser for every new configuration).
+        graphdef = nnx.graphdef(layers[0])
+        states = [nnx.state(layer) for layer in layers]
+        self.layers = nnx.merge(graphdef, jax.tree.map(lambda *a: jnp.stack(a), *states))
+        self.norm = LayerNorm(embed_dim, eps=layer_norm_eps) if final_norm else None
+
+    def __call__(self, x, *, key_padding_mask=None, attn_mask=None, is_causal: bool = False):
+        graphdef, state = nnx.split(self.layers)
+        # Dropout draws keys, advancing the layers' RngCount; only then is there state to hand
+        # back (and writing it back unconditionally would trip NNX's trace-level check in eval).
+        draws = any(isinstance(m, Dropout) and not m.deterministic and m.rate > 0
+                    for _, m in nnx.iter_modules(self.layers))
+
+        def body(h, layer_state):
+            layer = nnx.merge(graphdef, layer_state)
+            h = layer(h, key_padding_mask=key_padding_mask, attn_mask=attn_mask,
+                      is_causal=is_causal)
+            return h, (nnx.state(layer, nnx.RngState) if draws else None)
+
+        if _is_tape_tensor(x) or any(_is_tape_tensor(a) for a in jax.tree.leaves(state)):
+            rng_states = []
+            for i in range(self.num_layers):
+                x, rng_state = body(x, _index_layer(state, i))
+                rng_states.append(rng_state)
+            new_rng = jax.tree.map(lambda *a: jnp.stack(a), *rng_states) if draws else None
+        else:
+            x, new_rng = jax.lax.scan(body, x, state)
+        if draws:
+            nnx.update(self.layers, new_rng)
+        return x if self.norm is None else self.norm(x)
+
+
+class TransformerClassifier(nnx.Module):
+    """The seed notebook's sequence classifier: token embedding + position embedding, a
+    Transformer encoder, an aggregation over positions, and an MLP decoder.
+
+    ``aggregation``: ``"mean"`` (average over non-padding positions), ``"first"`` (the first
+    token, BERT's [CLS]) or ``"flatten"`` (concatenate all ``max_len`` positions; inputs must then
+    have length ``max_len``). The decoder is ``MLP((agg_dim, *decoder_hidden_sizes, num_classes),
+    decoder_activation)``; ``output_activation`` None returns logits, or "softmax",
+    "log_softmax", "sigmoid" as the notebook's ``decoder_output_activation``.
+    ``m(ids, key_padding_mask=None)`` with ``ids (B, T)`` int -> ``(B, num_classes)``.
+    """
+
+    def __init__(self, vocab_size: int, num_classes: int, embed_dim: int, num_heads: int,
+                 ff_dim: int, num_layers: int, max_len: int, *, aggregation: str = "mean",
+                 dropout: float = 0.1, decoder_hidden_sizes: Sequence[int] = (),
+                 decoder_activation: str = "relu", output_activation: str | None = None,
+                 activation: str = "gelu", norm_first: bool = True,
+                 positional: str = "learned", rngs: nnx.Rngs):
+        check_positive(vocab_size=vocab_size, num_classes=num_classes, max_len=max_len)
+        if aggregation not in ("mean", "first", "flatten"):
+            raise ValueError(
+                f"aggregation must be 'mean', 'first' or 'flatten', got {aggregation!r}")
+        if output_activation not in (None, "softmax", "log_softmax", "sigmoid"):
+            raise ValueError(
+                "output_activation must be None, 'softmax', 'log_softmax' or 'sigmoid', got "
+                f"{output_activation!r}")
+        self.aggregation = aggregation
+        self.max_len = max_len
+        self.output_activation = output_activation
+        self.embedding = Embedding(vocab_size, embed_dim, rngs=rngs)
+        self.pos_embedding = PositionalEmbedding(max_len, embed_dim, kind=positional, rngs=rngs)
+        self.dropout = Dropout(dropout, rngs=rngs)
+        # A pre-LN stack leaves its residual stream un-normalised: end it with a LayerNorm.
+        self.encoder = TransformerEncoder(
+            num_layers, embed_dim, num_heads, ff_dim, dropout=dropout, activation=activation,
+            norm_first=norm_first, final_norm=norm_first, rngs=rngs)
+        agg_dim = embed_dim * max_len if aggregation == "flatten" else embed_dim
+        self.decoder = MLP((agg_dim, *decoder_hidden_sizes, num_classes), decoder_activation,
+                           rngs=rngs)
+
+    def _aggregate(self, h, key_padding_mask):
+        b, t, d = h.shape
+        if self.aggregation == "first":
+            return F.getitem(h, (slice(None), 0))
+        if self.aggregation == "flatten":
+            return F.reshape(h, (b, t * d))
+        if key_padding_mask is None:
+            return F.mean(h, dim=1)
+        keep = (~jnp.asarray(key_padding_mask, bool)).astype(h.dtype)  # (B, T)
+        count = jnp.maximum(keep.sum(axis=1, keepdims=True), 1.0)  # all-padding rows -> zeros
+        return F.div(F.sum(F.mul(h, keep[:, :, None]), dim=1), count)
+
+    def __call__(self, ids, *, key_padding_mask=None):
+        ids = jnp.asarray(ids)
+        if ids.ndim != 2:
+            raise ValueError(f"expected token ids of shape (B, T), got {tuple(ids.shape)}")
+        if self.aggregation == "flatten" and ids.shape[1] != self.max_len:
+            raise ValueError(
+                f"aggregation='flatten' needs sequences of exactly max_len={self.max_len} tokens "
+                f"(pad them), got length {ids.shape[1]}")
+        if key_padding_mask is not None and jnp.asarray(key_padding_mask).dtype != jnp.bool_:
+            raise TypeError(
+                "TransformerClassifier's key_padding_mask must be bool (True = padding)")
+        h = self.dropout(self.pos_embedding(self.embedding(ids)))
+        h = self.encoder(h, key_padding_mask=key_padding_mask)
+        out = self.decoder(self._aggregate(h, key_padding_mask))
+        if self.output_activation == "softmax":
+            return F.softmax(out, dim=-1)
+        if self.output_activation == "log_softmax":
+            return F.log_softmax(out, dim=-1)
+        if self.output_activation == "sigmoid":
+            return F.sigmoid(out)
+        return out
+
+
+class MLMHead(nnx.Module):
+    """BERT's masked-language-model head on encoder output ``(B, T, D)`` -> logits ``(B, T, V)``:
+    ``dense`` (D -> D), ``activation``, ``norm``, then the decoder to the vocabulary.
+
+    With ``embedding=`` an ``Embedding(V, D)`` the decoder is tied to it
+    (``logits = h @ embedding.weight^T + bias``; the head shares, not copies, the table);
+    otherwise it owns ``decoder = Linear(D, V)``.
+    """
+
+    def __init__(self, embed_dim: int, vocab_size: int, *, embedding: Embedding | None = None,
+                 activation: str = "gelu", layer_norm_eps: float = 1e-5, rngs: nnx.Rngs):
+        check_positive(embed_dim=embed_dim, vocab_size=vocab_size)
+        activation_fn(activation)
+        self.activation = activation
+        self.dense = Linear(embed_dim, embed_dim, rngs=rngs)
+        self.norm = LayerNorm(embed_dim, eps=layer_norm_eps)
+        if embedding is not None:
+            want = (vocab_size, embed_dim)
+            if (embedding.num_embeddings, embedding.embedding_dim) != want:
+                raise ValueError(
+                    f"tied embedding must be Embedding{want}, got Embedding"
+                    f"{(embedding.num_embeddings, embedding.embedding_dim)}")
+            self.embedding = embedding
+            self.decoder = None
+            self.bias = nnx.Param(jnp.zeros((vocab_size,), jnp.float32))
+        else:
+            self.embedding = None
+            self.decoder = Linear(embed_dim, vocab_size, rngs=rngs)
+            self.bias = None
+
+    def __call__(self, h):
+        h = self.norm(activation_fn(self.activation)(self.dense(h)))
+        if self.decoder is not None:
+            return self.decoder(h)
+        table = F.transpose(value(self.embedding.weight), 0, 1)  # (D, V)
+        return F.add(F.matmul(h, table), value(self.bias))
