@@ -7,6 +7,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from funcdl import cli
@@ -141,3 +142,28 @@ def test_info_via_the_console_script_reports_versions_and_devices():
         assert f"{dist} " in out and importlib.metadata.version(dist) in out
     assert "backend  cpu" in out or "backend  gpu" in out or "backend  tpu" in out
     assert "devices  " in out
+
+
+def test_check_compares_tape_and_jax_gradients(capsys):
+    code, out, _ = run(capsys, "check", "--only", "softmax")
+    assert code == 0
+    rows = [line for line in out.splitlines() if "softmax" in line]
+    assert len(rows) == 3 and all(line.endswith("ok") for line in rows)  # softmax x2, log_softmax
+    assert "3 of 3 cases within tolerance" in out
+
+
+def test_check_fails_with_exit_1_when_the_tape_disagrees(capsys, monkeypatch):
+    from funcdl import tape
+
+    def two_faced(a):  # d/da is 2 on the tape but 3 for jax.grad: the check must catch it
+        return tape.mul(a, 2.0) if isinstance(a, tape.Tensor) else a * 3.0
+
+    case = cli.GradCase("two-faced", lambda: (two_faced, (np.ones((2, 3), np.float32),)))
+    monkeypatch.setattr(cli, "gradient_cases", lambda: [case])
+    code, out, _ = run(capsys, "check")
+    assert code == 1
+    assert "FAIL" in out and "0 of 1 cases" in out
+
+
+def test_check_covers_every_differentiable_function_of_the_tape():
+    assert cli.uncovered_tape_functions(cli.gradient_cases()) == []

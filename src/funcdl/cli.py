@@ -87,11 +87,11 @@ def run_example(path: pathlib.Path, args: list[str]) -> int:
 # ----------------------------------------------------------------------------- funcdl check
 @dataclasses.dataclass
 class GradCase:
-    """One gradient comparison: ``fn(*args)`` differentiated w.r.t. every argument."""
+    """One gradient comparison: ``make() -> (fn, args)``; ``fn(*args)`` is differentiated w.r.t.
+    every argument. ``make`` runs only when the case is checked (building layers takes time)."""
 
     name: str
-    fn: Callable
-    args: tuple
+    make: Callable[[], tuple[Callable, tuple]]
 
 
 @dataclasses.dataclass
@@ -118,20 +118,24 @@ def _weighted_sum(out):
     return total
 
 
-def compare_gradients(case: GradCase) -> GradResult:
-    """Max difference between ``funcdl.tape.grad`` and ``jax.grad`` of the case's weighted sum."""
+def compare_gradients(case: GradCase, *, eager: bool = False) -> GradResult:
+    """Max difference between ``funcdl.tape.grad`` and ``jax.grad`` of the case's weighted sum,
+    both under ``jax.jit`` (or op by op with ``eager=True``)."""
     import jax
     import numpy as np
 
     from funcdl import tape
 
-    def loss(*args):
-        return _weighted_sum(case.fn(*args))
-
-    argnums = tuple(range(len(case.args)))
+    compile_ = (lambda f: f) if eager else jax.jit
     try:
-        ours = jax.tree.leaves(tape.grad(loss, argnums=argnums)(*case.args))
-        ref = jax.tree.leaves(jax.grad(loss, argnums=argnums)(*case.args))
+        fn, args = case.make()
+
+        def loss(*args):
+            return _weighted_sum(fn(*args))
+
+        argnums = tuple(range(len(args)))
+        ours = jax.tree.leaves(compile_(tape.grad(loss, argnums=argnums))(*args))
+        ref = jax.tree.leaves(compile_(jax.grad(loss, argnums=argnums))(*args))
     except Exception as err:  # a broken case is reported in the table, not a crash
         return GradResult(case.name, error=f"{type(err).__name__}: {err}".splitlines()[0][:120])
     if len(ours) != len(ref):
@@ -150,8 +154,8 @@ def uncovered_tape_functions(cases: list[GradCase]) -> list[str]:
 
     from funcdl import tape
 
-    engine = {"Tensor", "tensor", "grad", "value_and_grad", "no_grad", "Function", "gradcheck",
-              "enable_grad", "detect_anomaly", "set_detect_anomaly", "Tape", "Node"}
+    engine = {"grad", "value_and_grad", "backward", "no_grad", "enable_grad", "is_grad_enabled",
+              "detect_anomaly", "gradcheck", "tensor", "broadcast_shapes"}
     named = {c.name.split(" ")[0] for c in cases}
     public = getattr(tape, "__all__", [n for n in dir(tape) if not n.startswith("_")])
     return sorted(
@@ -188,7 +192,10 @@ def _tape_cases() -> list[GradCase]:
     targets = np.array([0, 3, 1, 4])
     targets_ignored = np.array([0, -100, 1, 4])
     key = jax.random.key(0)
-    c = GradCase
+    labels01, weights = (x(3, 4) > 0).astype(np.float32), pos(4)
+    def c(name: str, fn: Callable, args: tuple) -> GradCase:
+        return GradCase(name, lambda: (fn, args))
+
     return [
         c("add (broadcast)", T.add, (x(3, 4), x(4))),
         c("sub (broadcast)", T.sub, (x(3, 4), x(3, 1))),
@@ -201,11 +208,13 @@ def _tape_cases() -> list[GradCase]:
         c("log", T.log, (pos(3, 4),)),
         c("sqrt", T.sqrt, (pos(3, 4),)),
         c("abs", T.abs, (away(3, 4),)),
+        c("erf", T.erf, (x(3, 4),)),
         c("maximum", T.maximum, (x(3, 4), x(4))),
         c("minimum", T.minimum, (x(3, 4), x(3, 4))),
         c("where", lambda a, b: T.where(mask, a, b), (x(3, 4), x(3, 4))),
         c("masked_fill", lambda a: T.masked_fill(a, mask, -1.0), (x(3, 4),)),
         c("clip", lambda a: T.clip(a, -0.5, 0.5), (x(3, 4),)),
+        c("clamp (min only)", lambda a: T.clamp(a, min=0.1), (x(3, 4),)),
         c("sigmoid", T.sigmoid, (x(3, 4),)),
         c("tanh", T.tanh, (x(3, 4),)),
         c("relu", T.relu, (away(3, 4),)),
@@ -231,6 +240,7 @@ def _tape_cases() -> list[GradCase]:
         c("var (dim 2, correction 0)", lambda a: T.var(a, dim=2, correction=0), (x(2, 3, 4),)),
         c("logsumexp (dim 1)", lambda a: T.logsumexp(a, dim=1), (x(2, 3, 4),)),
         c("reshape", lambda a: T.reshape(a, (6, -1)), (x(2, 3, 4),)),
+        c("view", lambda a: T.view(a, (3, 8)), (x(2, 3, 4),)),
         c("transpose", lambda a: T.transpose(a, 0, 2), (x(2, 3, 4),)),
         c("permute", lambda a: T.permute(a, (2, 0, 1)), (x(2, 3, 4),)),
         c("squeeze", lambda a: T.squeeze(a, 1), (x(2, 1, 4),)),
@@ -247,6 +257,8 @@ def _tape_cases() -> list[GradCase]:
           (x(2, 5, 3),)),
         c("getitem (integer array, repeats)", lambda a: T.getitem(a, np.array([0, 2, 2])),
           (x(3, 4),)),
+        c("index_add_into (repeated rows)",
+          lambda g: T.index_add_into(g, np.array([0, 2, 2]), (4, 3)), (x(3, 3),)),
         c("take", lambda a: T.take(a, np.array([3, 0, 3]), dim=1), (x(2, 4),)),
         c("embedding (repeated ids)", lambda w: T.embedding(ids, w), (x(5, 3),)),
         c("tril", lambda a: T.tril(a, diagonal=-1), (x(4, 4),)),
@@ -262,13 +274,90 @@ def _tape_cases() -> list[GradCase]:
         c("cross_entropy (reduction none)",
           lambda a: T.cross_entropy(a, targets, reduction="none"), (x(4, 5),)),
         c("binary_cross_entropy_with_logits (pos_weight)",
-          lambda a: T.binary_cross_entropy_with_logits(a, (x(3, 4) > 0).astype(np.float32),
-                                                       pos_weight=pos(4)), (x(3, 4),)),
+          lambda a: T.binary_cross_entropy_with_logits(a, labels01, pos_weight=weights),
+          (x(3, 4),)),
     ]
 
 
+def _module_case(name: str, make: Callable, call: Callable) -> GradCase:
+    """A case over every ``nnx.Param`` of ``make(rngs)`` (eval mode: dropout off)."""
+
+    def build():
+        from flax import nnx
+
+        module = make(nnx.Rngs(0))
+        module.eval()
+        graphdef, params, rest = nnx.split(module, nnx.Param, ...)
+        return (lambda p: call(nnx.merge(graphdef, p, rest))), (params,)
+
+    return GradCase(name, build)
+
+
 def _layer_cases() -> list[GradCase]:
-    return []
+    import numpy as np
+
+    from funcdl import layers as L
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 5, 8)).astype(np.float32)
+    kv = rng.normal(size=(2, 3, 8)).astype(np.float32)
+    ids = rng.integers(0, 10, (2, 5))
+    padding = np.array([[False] * 5, [False, False, False, True, True]])
+    blocked = np.array([[False, True, True], [True, True, True]])  # row 2: every key masked
+    q, k, v = (rng.normal(size=(2, 2, 4, 4)).astype(np.float32) for _ in range(3))
+    m = _module_case
+    return [
+        GradCase("scaled_dot_product_attention (causal, padding)", lambda: (
+            lambda q, k, v: L.scaled_dot_product_attention(
+                q, k, v, is_causal=True, key_padding_mask=padding[:, :4]), (q, k, v))),
+        GradCase("scaled_dot_product_attention (a fully masked row)", lambda: (
+            lambda q, k, v: L.scaled_dot_product_attention(
+                q[:, :, :3], k[:, :, :3], v[:, :, :3], key_padding_mask=blocked), (q, k, v))),
+        m("Linear", lambda r: L.Linear(8, 6, rngs=r), lambda mod: mod(x)),
+        m("Embedding", lambda r: L.Embedding(10, 8, rngs=r), lambda mod: mod(ids)),
+        m("PositionalEmbedding (learned)", lambda r: L.PositionalEmbedding(6, 8, rngs=r),
+          lambda mod: mod(x)),
+        m("LayerNorm", lambda r: L.LayerNorm(8, rngs=r), lambda mod: mod(x)),
+        m("MLP (8-16-6-3, relu)", lambda r: L.MLP((8, 16, 6, 3), rngs=r), lambda mod: mod(x)),
+        m("AttentionHead", lambda r: L.AttentionHead(8, 4, rngs=r), lambda mod: mod(x)),
+        m("MultiHeadAttention (self, key padding)", lambda r: L.MultiHeadAttention(8, 2, rngs=r),
+          lambda mod: mod(x, key_padding_mask=padding)),
+        m("MultiHeadAttention (cross)", lambda r: L.MultiHeadAttention(8, 2, rngs=r),
+          lambda mod: mod(x, kv)),
+        m("FeedForward", lambda r: L.FeedForward(8, 16, rngs=r), lambda mod: mod(x)),
+        m("TransformerEncoderLayer (pre-LN, gelu, padding)",
+          lambda r: L.TransformerEncoderLayer(8, 2, 16, rngs=r),
+          lambda mod: mod(x, key_padding_mask=padding)),
+        m("TransformerEncoderLayer (post-LN, relu, causal)",
+          lambda r: L.TransformerEncoderLayer(8, 2, 16, activation="relu", norm_first=False,
+                                              rngs=r),
+          lambda mod: mod(x, is_causal=True)),
+        m("TransformerEncoder (2 layers, padding)",
+          lambda r: L.TransformerEncoder(2, 8, 2, 16, final_norm=True, rngs=r),
+          lambda mod: mod(x, key_padding_mask=padding)),
+        m("TransformerClassifier (mean over non-padding)",
+          lambda r: L.TransformerClassifier(10, 3, 8, 2, 16, 1, 5, rngs=r),
+          lambda mod: mod(ids, key_padding_mask=padding)),
+        m("MLMHead (tied to an Embedding)",
+          lambda r: _TiedMLM(r), lambda mod: mod(ids)),
+    ]
+
+
+def _TiedMLM(rngs):  # noqa: N802 (reads as the module it builds)
+    """Embedding -> MLMHead tied to it: gradients reach the table by two paths."""
+    from flax import nnx
+
+    from funcdl import layers as L
+
+    class TiedMLM(nnx.Module):
+        def __init__(self, rngs):
+            self.embedding = L.Embedding(10, 8, rngs=rngs)
+            self.head = L.MLMHead(8, 10, embedding=self.embedding, rngs=rngs)
+
+        def __call__(self, ids):
+            return self.head(self.embedding(ids))
+
+    return TiedMLM(rngs)
 
 
 # ----------------------------------------------------------------------------- subcommands
@@ -376,7 +465,7 @@ def _check(args: argparse.Namespace) -> int:
     cases = [c for c in gradient_cases() if args.only is None or args.only in c.name]
     if not cases:
         raise SystemExit(f"funcdl check: error: no case name contains {args.only!r}")
-    rows = [compare_gradients(c) for c in cases]
+    rows = [compare_gradients(c, eager=args.eager) for c in cases]
     width = max(len(r.name) for r in rows)
     print(f"{'case'.ljust(width)}  {'max |tape - jax|':>16}  {'relative':>9}  verdict")
     failed = 0
@@ -388,8 +477,9 @@ def _check(args: argparse.Namespace) -> int:
     uncovered = uncovered_tape_functions(cases) if args.only is None else []
     if uncovered:
         print(f"\nno check case yet for: {', '.join(uncovered)}")
+    mode = "eager" if args.eager else "jitted"
     print(f"\n{len(rows) - failed} of {len(rows)} cases within tolerance {args.tol:g} "
-          "(relative = max |tape - jax| / max(1, max |jax|), float32)")
+          f"(relative = max |tape - jax| / max(1, max |jax|); float32, {mode})")
     return 1 if failed else 0
 
 
@@ -422,6 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--tol", type=float, default=1e-5,
                        help="largest allowed |tape - jax| / max(1, max|jax|) (default: 1e-5)")
     check.add_argument("--only", metavar="SUBSTRING", help="check only cases whose name has this")
+    check.add_argument("--eager", action="store_true",
+                       help="differentiate op by op instead of under jax.jit (slower)")
 
     bench = add("bench", _bench, "run the benchmark suite (python -m benchmarks) and print ratios")
     bench.add_argument("names", nargs="*", metavar="NAME", help="benchmarks to run (default: all)")
