@@ -12,6 +12,8 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -209,3 +211,52 @@ def test_grad_matches_jax_grad_of_jnp_on_the_materialised_view(chain, op, data):
     want, got = jax.jit(grads)(storage)
     for lw, g in got.items():
         np.testing.assert_allclose(g, want, rtol=1e-4, atol=1e-5, err_msg=f"{op} dim={dim} {lw}")
+
+
+def _view_targets(draw, shape):
+    """A shape with the same element count: flattened, two neighbours merged, a dim split, or a
+    size-1 dim inserted."""
+    kind = draw(st.sampled_from(["flatten", "merge", "split", "one"]))
+    if kind == "flatten" or not shape:
+        return (math.prod(shape),)
+    if kind == "merge" and len(shape) >= 2:
+        d = draw(st.integers(0, len(shape) - 2))
+        return shape[:d] + (shape[d] * shape[d + 1],) + shape[d + 2:]
+    if kind == "split":
+        d = draw(st.integers(0, len(shape) - 1))
+        n = shape[d]
+        a = draw(st.sampled_from([k for k in range(1, n + 1) if n % k == 0] or [1])) if n else 1
+        return shape[:d] + ((a, n // a) if n else (0, 1)) + shape[d + 1:]
+    d = draw(st.integers(0, len(shape)))
+    return shape[:d] + (1,) + shape[d:]
+
+
+@settings(max_examples=8 * EXAMPLES)
+@given(raw_layouts(), st.data())
+def test_layout_arithmetic_matches_torch(layout, data):
+    """view (PyTorch's computeStride rule), unsqueeze, expand and transpose give torch's strides;
+    view fails exactly when torch's does. Layout only: nothing is compiled."""
+    storage, shape, strides, offset = layout
+    s = ops.as_strided(storage, shape, strides, offset)
+    t = torch.as_strided(torch.from_numpy(storage.copy()), shape, strides, offset)
+    target = _view_targets(data.draw, shape)
+    try:
+        want = t.view(target)
+    except RuntimeError as e:
+        assert "view size is not compatible" in str(e)
+        with pytest.raises(ValueError, match="view size is not compatible.*Use reshape"):
+            ops.view(s, target)
+    else:
+        got = ops.view(s, target)
+        assert (got.shape, got.strides, got.offset) == (target, want.stride(), offset)
+    d = data.draw(st.integers(-s.ndim - 1, s.ndim))
+    u, tu = ops.unsqueeze(s, d), t.unsqueeze(d)
+    assert (u.shape, u.strides) == (tuple(tu.shape), tu.stride())
+    big = (3,) + tuple(3 if n == 1 else n for n in shape)
+    e, te = ops.expand(s, big), t.expand(big)
+    assert (e.shape, e.strides) == (tuple(te.shape), te.stride())
+    if s.ndim:
+        d0, d1 = data.draw(st.integers(0, s.ndim - 1)), data.draw(st.integers(0, s.ndim - 1))
+        tr, ttr = ops.transpose(s, d0, d1), t.transpose(d0, d1)
+        assert (tr.shape, tr.strides) == (tuple(ttr.shape), ttr.stride())
+        assert ops.is_contiguous(tr) == ttr.is_contiguous()
