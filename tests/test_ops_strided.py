@@ -128,6 +128,9 @@ def test_pytree_jit_vmap_grad():
     got = jax.vmap(lambda st: ops.sum(ops.as_strided(st, s.shape, s.strides, s.offset), 1))(batch)
     want = SLIDES_3x3.T[:, 1:].sum(1)
     np.testing.assert_allclose(got, np.stack([want, 10 * want]), rtol=1e-6)
+    # vmap over a StridedArray whose storage carries the batch axis
+    sb = jax.vmap(lambda st: ops.as_strided(st, s.shape, s.strides, s.offset))(batch)
+    np.testing.assert_allclose(jax.vmap(lambda v: ops.sum(v, 1))(sb), got)
     # grad wrt storage: each storage element read once by the view gets 1, others 0
     g = jax.jit(jax.grad(lambda st: ops.sum(ops.as_strided(st, s.shape, s.strides, s.offset))))(
         s.storage)

@@ -165,7 +165,7 @@ class StridedArray:
 
     def __repr__(self) -> str:
         return (f"StridedArray(shape={self.shape}, strides={self.strides}, offset={self.offset}, "
-                f"storage={self.storage.shape[0]} x {self.storage.dtype})")
+                f"storage={self.storage.dtype}{list(self.storage.shape)})")
 
     def __getitem__(self, index: Any) -> StridedArray:
         return getitem(self, index)
