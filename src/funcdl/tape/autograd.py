@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import traceback
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -58,7 +59,7 @@ def _check_nan(node: Node, i: int, g: Any) -> None:
         where = ""
         if node.stack is not None:
             where = ("\nTraceback of forward call that caused the error:\n"
-                     + "".join(node.stack.format()))
+                     + "".join(traceback.format_list(node.stack)))
         raise RuntimeError(f"Function '{node.name()}' returned nan values in its {i}th output."
                            + where)
 
@@ -76,6 +77,7 @@ def _propagate(order: Iterable[Node], seeds: dict[Node, Any], *, create_graph: b
     leaves: dict[int, Any] = {}
     kept: dict[int, Any] = {}
     anomaly = _ANOMALY.get()
+    alive: list[Any] = []  # released nodes' inputs: producers' rules still need their outputs
     mode = contextlib.nullcontext() if create_graph else no_grad()
     with mode:
         for node in order:
@@ -122,6 +124,7 @@ def _propagate(order: Iterable[Node], seeds: dict[Node, Any], *, create_graph: b
                     prev = leaves.get(id(x))
                     leaves[id(x)] = gi if prev is None else add(prev, gi)
             if not retain_graph:
+                alive.append(inputs)
                 node.release()
     return leaves, kept
 
@@ -196,9 +199,12 @@ def tape_gradient(tape: Tape, target: Any, sources: Sequence[Tensor], *,
 
     Nothing is accumulated into ``.grad``; sources without a path get zeros.
     """
-    zeros = [jnp.zeros_like(s.data) for s in sources]
+    def zeros(s: Tensor) -> Any:
+        z = jnp.zeros_like(s.data)
+        return Tensor(z) if create_graph else z
+
     if not isinstance(target, Tensor):
-        return [Tensor(z) for z in zeros] if create_graph else zeros
+        return [zeros(s) for s in sources]
     seed = _seed(target, None, create_graph)
     leaves: dict[int, Any] = {}
     kept: dict[int, Any] = {}
@@ -207,13 +213,11 @@ def tape_gradient(tape: Tape, target: Any, sources: Sequence[Tensor], *,
                                   create_graph=create_graph, retain_graph=True,
                                   keep={id(s) for s in sources})
     out = []
-    for s, z in zip(sources, zeros):
+    for s in sources:
         g = leaves.get(id(s)) if s.grad_fn is None else kept.get(id(s))
         if s is target:
             g = seed
-        if g is None:
-            g = Tensor(z) if create_graph else z
-        out.append(g)
+        out.append(zeros(s) if g is None else g)
     return out
 
 

@@ -232,10 +232,18 @@ def clip(x: Any, min: Any = None, max: Any = None) -> Any:
             ok = ok & (x <= _const(hi))
         return ok
 
+    def to_lo(x: Any, lo: Any, hi: Any) -> Any:  # x below lo, and lo itself not clipped by hi
+        x, lo = _const(x), _const(lo)
+        return (x < lo) if hi is None else (x < lo) & (lo <= _const(hi))
+
+    def to_hi(x: Any, lo: Any, hi: Any) -> Any:  # z = min(max(x, lo), hi) took hi
+        x, hi = _const(x), _const(hi)
+        return (x if lo is None else jnp.maximum(x, _const(lo))) > hi
+
     return apply("ClampBackward1", forward, (x, lo, hi),
                  (lambda g, z, x, lo, hi: where(inside(x, lo, hi), g, 0.0),
-                  lambda g, z, x, lo, hi: where(_const(x) < _const(lo), g, 0.0),
-                  lambda g, z, x, lo, hi: where(_const(x) > _const(hi), g, 0.0)))
+                  lambda g, z, x, lo, hi: where(to_lo(x, lo, hi), g, 0.0),
+                  lambda g, z, x, lo, hi: where(to_hi(x, lo, hi), g, 0.0)))
 
 
 clamp = clip

@@ -89,7 +89,7 @@ class Node:
     """
 
     __slots__ = ("_name", "rules", "joint", "inputs", "versions", "depth", "_out", "stack",
-                 "__weakref__")
+                 "_next", "__weakref__")
 
     def __init__(self, name: str, inputs: tuple, rules: Sequence | None,
                  joint: Callable | None, out: Tensor) -> None:
@@ -101,6 +101,7 @@ class Node:
         self.depth = 1 + max((x.grad_fn.depth for x in inputs
                               if isinstance(x, Tensor) and x.grad_fn is not None), default=0)
         self._out = weakref.ref(out)
+        self._next: tuple | None = None
         self.stack = traceback.extract_stack()[:-3] if _ANOMALY.get() else None
 
     def name(self) -> str:
@@ -111,7 +112,7 @@ class Node:
     def next_functions(self) -> tuple[tuple[Node | AccumulateGrad | None, int], ...]:
         """For each input: its grad_fn, its AccumulateGrad when it is a leaf, else None."""
         if self.inputs is None:
-            return ()
+            return self._next or ()
         return tuple((_grad_node(x), 0) for x in self.inputs)
 
     def needs(self, i: int) -> bool:
@@ -119,6 +120,9 @@ class Node:
         return isinstance(x, Tensor) and x.requires_grad
 
     def release(self) -> None:
+        """Free the saved inputs and closures (the graph's shape stays visible)."""
+        if self.inputs is not None:
+            self._next = self.next_functions
         self.rules = self.joint = None
         self.inputs = None
 
