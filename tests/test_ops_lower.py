@@ -79,6 +79,10 @@ def test_both_paths_read_what_numpy_reads(name):
 def test_unknown_lowering_is_refused():
     with pytest.raises(ValueError, match="lowering must be one of"):
         ops.to_array(ops.from_array(np.ones(3)), lowering="fast")
+    with pytest.raises(ValueError, match="lowering must be one of"):
+        ops.sum(np.ones(3), lowering="fast")  # checked even where a plain array needs none
+    with pytest.raises(ValueError, match="lowering must be one of"):
+        ops.argmax(np.ones(3), lowering="slice")
 
 
 def test_contiguous_and_transposed_reductions_are_one_reshape_and_reduce():

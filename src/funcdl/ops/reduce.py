@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from funcdl.ops.lower import lower, place, real_dims, reduce_box, to_array
+from funcdl.ops.lower import LOWERINGS, lower, place, real_dims, reduce_box, to_array
 from funcdl.ops.strided import StridedArray, _make, canonical_dim, canonical_dims
 
 Dim = int | tuple[int, ...] | None
@@ -85,7 +85,13 @@ def _check_nonempty(op: str, shape: tuple[int, ...], dims: tuple[int, ...], dim:
             raise IndexError(f"{op}(): Expected reduction dim {d} to have non-zero size.")
 
 
+def _check_lowering(lowering: str) -> None:
+    if lowering not in LOWERINGS:
+        raise ValueError(f"lowering must be one of {LOWERINGS}, got {lowering!r}")
+
+
 def _reduce(op: str, x: Any, dim: Dim, keepdim: bool, lowering: str, correction: float = 1):
+    _check_lowering(lowering)
     strided = isinstance(x, StridedArray)
     if not strided:
         x = jnp.asarray(x)
@@ -164,6 +170,7 @@ def var(x: Any, dim: Dim = None, keepdim: bool = False, *, correction: float = 1
 
 
 def _arg(op: str, x: Any, dim: int | None, keepdim: bool, lowering: str) -> jax.Array:
+    _check_lowering(lowering)
     fn = jnp.argmax if op == "argmax" else jnp.argmin
     strided = isinstance(x, StridedArray)
     shape = tuple(x.shape) if strided else tuple(jnp.shape(x))
