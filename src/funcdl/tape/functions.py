@@ -315,11 +315,18 @@ def softplus(x: Any, beta: float = 1.0, threshold: float = 20.0) -> Any:
                                         mul(g, sigmoid(mul(beta, x)))),))
 
 
+def _along(fn: Any, x: Any, d: int) -> Any:
+    """``fn(x, axis=d)``; a 0-d tensor is a single-element row (PyTorch allows dim 0 and -1)."""
+    if x.ndim == 0:
+        return fn(x.reshape(1), axis=0).reshape(())
+    return fn(x, axis=d)
+
+
 def softmax(x: Any, dim: int = -1) -> Any:
     """exp(x) / sum(exp(x)) along ``dim``; dx = z (g - sum(g z))."""
     x = unwrap(x)
     d = _dim(dim, len(_shape(x)))
-    return apply("SoftmaxBackward0", lambda x: jax.nn.softmax(x, axis=d), (x,),
+    return apply("SoftmaxBackward0", lambda x: _along(jax.nn.softmax, x, d), (x,),
                  (lambda g, z, x: mul(z, sub(g, sum(mul(g, z), d, keepdim=True))),))
 
 
@@ -327,7 +334,7 @@ def log_softmax(x: Any, dim: int = -1) -> Any:
     """x - logsumexp(x) along ``dim``; dx = g - softmax(x) sum(g)."""
     x = unwrap(x)
     d = _dim(dim, len(_shape(x)))
-    return apply("LogSoftmaxBackward0", lambda x: jax.nn.log_softmax(x, axis=d), (x,),
+    return apply("LogSoftmaxBackward0", lambda x: _along(jax.nn.log_softmax, x, d), (x,),
                  (lambda g, z, x: sub(g, mul(exp(z), sum(g, d, keepdim=True))),))
 
 
@@ -370,6 +377,8 @@ def matmul(a: Any, b: Any) -> Any:
     def rule_b(g: Any, z: Any, a: Any, b: Any) -> Any:
         if len(sa) == 1 and len(sb) == 1:
             return mul(g, a)
+        if len(sb) == 2 and len(sa) > 2:  # (..., m, k) @ (k, n): one product over all rows
+            return matmul(transpose(reshape(a, (-1, sa[-1])), 0, 1), reshape(g, (-1, sb[-1])))
         a2 = unsqueeze(a, -2) if len(sa) == 1 else a  # (..., 1, k)
         g2 = unsqueeze(g, -2) if len(sa) == 1 else g
         if len(sb) == 1:
@@ -743,11 +752,65 @@ def getitem(x: Any, index: Any) -> Any:
                  (lambda g, z, x: index_add_into(g, index, shape),))
 
 
+def _basic_parts(index: Any, ndim: int) -> list | None:
+    """``index`` as one entry per input dim plus None for new axes, when it holds only ints,
+    slices, None and Ellipsis (basic indexing); None otherwise."""
+    parts = list(index) if isinstance(index, tuple) else [index]
+    if not all(p is None or p is Ellipsis or isinstance(p, slice)
+               or (isinstance(p, int | np.integer) and not isinstance(p, bool)) for p in parts):
+        return None
+    used = builtins.sum(1 for p in parts if p is not None and p is not Ellipsis)
+    fill = [slice(None)] * (ndim - used)
+    if Ellipsis in parts:
+        k = parts.index(Ellipsis)
+        parts[k:k + 1] = fill
+    else:
+        parts += fill
+    return parts
+
+
+def _pad_into(g: Any, parts: list, shape: tuple[int, ...]) -> Any:
+    """The transpose of basic indexing as a pad (what jax.grad emits), not a scatter."""
+    mid, flips, config = [], [], []
+    dims = iter(range(len(shape)))
+    for p in parts:
+        if p is None:
+            continue
+        d = next(dims)
+        n = shape[d]
+        if not isinstance(p, slice):
+            i = int(p) % n
+            mid.append(1)
+            config.append((i, n - i - 1, 0))
+            continue
+        start, stop, step = p.indices(n)
+        length = len(range(start, stop, step))
+        mid.append(length)
+        if length == 0:
+            config.append((n, 0, 0))
+            continue
+        lowest = start if step > 0 else start + (length - 1) * step
+        if step < 0:
+            flips.append(len(mid) - 1)
+        config.append((lowest, n - lowest - (length - 1) * builtins.abs(step) - 1,
+                       builtins.abs(step) - 1))
+    g = jnp.reshape(g, mid)
+    if flips:
+        g = jnp.flip(g, flips)
+    return jax.lax.pad(g, jnp.zeros((), g.dtype), config)
+
+
 def index_add_into(g: Any, index: Any, shape: tuple[int, ...]) -> Any:
     """zeros(shape) with ``g`` added at ``index`` (repeated indices accumulate): getitem's
-    transpose, and getitem is its own."""
-    return apply("IndexPutBackward0",
-                 lambda g: jnp.zeros(shape, g.dtype).at[index].add(g), (unwrap(g),),
+    transpose, and getitem is its own. Basic indices become a pad, others a scatter-add."""
+    parts = _basic_parts(index, len(shape))
+
+    def forward(g: Any) -> Any:
+        if parts is not None:
+            return _pad_into(g, parts, shape)
+        return jnp.zeros(shape, g.dtype).at[index].add(g)
+
+    return apply("IndexPutBackward0", forward, (unwrap(g),),
                  (lambda gg, z, g: getitem(gg, index),))
 
 
