@@ -260,3 +260,25 @@ def test_layout_arithmetic_matches_torch(layout, data):
         tr, ttr = ops.transpose(s, d0, d1), t.transpose(d0, d1)
         assert (tr.shape, tr.strides) == (tuple(ttr.shape), ttr.stride())
         assert ops.is_contiguous(tr) == ttr.is_contiguous()
+
+
+@settings(max_examples=16 * EXAMPLES)
+@given(raw_layouts())
+def test_slice_plans_read_exactly_the_view(layout):
+    """Every box the planner finds, executed by numpy (pad, cut, reshape, strided slice), reads
+    what numpy's as_strided reads. Layout only: nothing is compiled, so many layouts are tried."""
+    storage, shape, strides, offset = layout
+    s = ops.as_strided(storage, shape, strides, offset)
+    plan = ops.plan_slices(s)
+    if plan is None or s.size == 0:
+        return
+    region = np.concatenate([storage, np.zeros(plan.pad, storage.dtype)])
+    box = region[plan.start:plan.start + math.prod(plan.box)].reshape(plan.box)
+    cut = box[tuple(slice(q, q + (n - 1) * c + 1, c)
+                    for q, n, c in zip(plan.starts, plan.sizes, plan.steps))]
+    # the box axes are the real dims sorted by stride; put them back in the view's order
+    order = np.argsort(plan.dims, kind="stable")
+    real = np.transpose(cut, order) if plan.dims else cut.reshape(())
+    want = _np_view(storage, shape, strides, offset)
+    index = tuple(slice(None) if d in plan.dims else 0 for d in range(len(shape)))
+    np.testing.assert_array_equal(real, want[index])
