@@ -96,7 +96,8 @@ def scaled_dot_product_attention(q, k, v, *, attn_mask=None, key_padding_mask=No
     - ``dropout_rate``/``rng``: dropout on the attention weights (rng required when rate > 0).
 
     A query row whose keys are all masked returns zeros, and its gradients are finite zeros.
-    PyTorch returns NaN for such rows (pytorch/pytorch#41508); funcdl does not.
+    ``nn.MultiheadAttention`` returns NaN there, and NaN gradients, on its default
+    ``need_weights=True`` path (pytorch/pytorch#41508); funcdl never does.
     """
     t, s = q.shape[-2], k.shape[-2]
     score_shape = tuple(q.shape[:-1]) + (s,)
