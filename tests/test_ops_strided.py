@@ -217,3 +217,17 @@ def test_view_errors_use_torch_words():
         ops.unsqueeze(s, 3)
     with pytest.raises(TypeError, match="expects a StridedArray.*from_array"):
         ops.transpose(SLIDES_3x3, 0, 1)
+
+
+@pytest.mark.parametrize("shape, strides, dim", [
+    ((0, 1), (1, 1), 1), ((0, 3), (3, 1), 1), ((2, 1, 0), (1, 1, 1), 1), ((3, 1), (0, 1), 0),
+    ((3, 2), (0, 1), 0), ((2, 3), (0, 0), 1)])
+def test_empty_and_stride_0_views_reduce_like_torch(shape, strides, dim):
+    storage = np.arange(6, dtype=np.float32)
+    s = ops.as_strided(storage, shape, strides)
+    t = torch.as_strided(torch.from_numpy(storage), shape, strides)
+    for keepdim in (False, True):
+        for op in ("argmax", "argmin", "sum", "prod", "mean"):
+            got, want = getattr(ops, op)(s, dim, keepdim), getattr(torch, op)(t, dim, keepdim)
+            assert got.shape == tuple(want.shape), (op, keepdim)
+            np.testing.assert_allclose(got, want.numpy(), err_msg=f"{op} {keepdim}")

@@ -188,8 +188,9 @@ def _arg(op: str, x: Any, dim: int | None, keepdim: bool, lowering: str) -> jax.
     if d in moving:
         r, kept = reduce_box(x, (d,), lambda a, axes: fn(a, axis=axes[0]), lowering)
     else:  # every index along d reads the same value: the first one wins
-        arr, kept = lower(x, lowering)
-        r = jnp.zeros(arr.shape, jnp.int32)
+        arr, adims = lower(x, lowering)
+        kept = tuple(a for a in adims if a != d)
+        r = jnp.zeros(tuple(n for n, a in zip(arr.shape, adims) if a != d), jnp.int32)
     return place(r, _out_dims(kept, (d,), keepdim), _out_shape(shape, (d,), keepdim))
 
 
