@@ -374,8 +374,7 @@ def test_gradcheck_catches_the_slides_fft_backward():
 
 def test_gradcheck_passes_for_tape_functions_in_float64():
     x = np.random.default_rng(0).normal(size=(2, 3))
-    assert T.gradcheck(lambda a: T.layer_norm(T.gelu(a), 3), x)
-    assert T.gradcheck(lambda a, b: T.softmax(T.matmul(a, b), 0), x, x.T)
+    assert T.gradcheck(lambda a, b: T.layer_norm(T.gelu(T.matmul(a, b)), 2), x, x.T)
     assert T.gradcheck(lambda a: T.cross_entropy(a, jnp.array([2, 0]), label_smoothing=0.2), x)
 
 
