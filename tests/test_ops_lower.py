@@ -16,20 +16,21 @@ def _np_view(shape, strides, offset, n=N):
                                            [4 * s for s in strides])
 
 
-LAYOUTS = {  # name: (shape, strides, offset, is a box of storage)
-    "contiguous": ((3, 4), (4, 1), 0, True),
-    "transposed": ((4, 3), (1, 4), 0, True),
-    "stepped": ((3, 2), (4, 2), 1, True),
-    "offset block": ((2, 2), (4, 1), 5, True),
-    "3-d permuted, stepped": ((2, 2, 3), (1, 6, 2), 0, True),
-    "stride not dividing": ((2, 2), (5, 2), 0, True),
-    "overhanging box (padded)": ((2, 3), (5, 1), 8, True),
-    "expanded": ((3, 4, 2), (0, 1, 0), 2, True),
-    "overlapping windows": ((4, 3), (2, 1), 0, False),
-    "equal strides": ((2, 2), (3, 3), 0, False),
-    "strides 8 and 6: rows of 8, step 6": ((2, 2), (8, 6), 0, True),
-    "strides 6, 4, 1: a (2, 3, 2) box": ((2, 2, 2), (6, 4, 1), 0, True),
-    "strides 5, 3, 1 (no box)": ((2, 2, 2), (5, 3, 1), 0, False),
+LAYOUTS = {  # name: (shape, strides, offset, how it lowers: "box", "stacked" or "gather")
+    "contiguous": ((3, 4), (4, 1), 0, "box"),
+    "transposed": ((4, 3), (1, 4), 0, "box"),
+    "stepped": ((3, 2), (4, 2), 1, "box"),
+    "offset block": ((2, 2), (4, 1), 5, "box"),
+    "3-d permuted, stepped": ((2, 2, 3), (1, 6, 2), 0, "box"),
+    "stride not dividing": ((2, 2), (5, 2), 0, "box"),
+    "overhanging box (padded)": ((2, 3), (5, 1), 8, "box"),
+    "expanded": ((3, 4, 2), (0, 1, 0), 2, "box"),
+    "strides 8 and 6: rows of 8, step 6": ((2, 2), (8, 6), 0, "box"),
+    "strides 6, 4, 1: a (2, 3, 2) box": ((2, 2, 2), (6, 4, 1), 0, "box"),
+    "overlapping windows": ((4, 3), (2, 1), 0, "stacked"),
+    "equal strides": ((2, 2), (3, 3), 0, "stacked"),
+    "strides 5, 3, 1": ((2, 2, 2), (5, 3, 1), 0, "stacked"),
+    "all strides 1": ((3, 3, 3), (1, 1, 1), 0, "gather"),
 }
 
 
@@ -44,15 +45,17 @@ def _primitives(fn, *args):
 
 
 @pytest.mark.parametrize("name", sorted(LAYOUTS))
-def test_both_paths_read_what_numpy_reads(name):
-    shape, strides, offset, is_box = LAYOUTS[name]
+def test_every_path_reads_what_numpy_reads(name):
+    shape, strides, offset, kind = LAYOUTS[name]
     storage = jnp.arange(N, dtype=jnp.float32)
     s = ops.as_strided(storage, shape, strides, offset)
     want = _np_view(shape, strides, offset)
-    assert (ops.plan_slices(s) is not None) == is_box
+    assert (ops.plan_slices(s) is not None) == (kind == "box")
+    if kind != "box":
+        assert (ops.plan_stacked(s) is not None) == (kind == "stacked")
     if name.endswith("(padded)"):
         assert ops.plan_slices(s).pad == 2  # elements 8-10, 13-15 as rows of 5 from 8
-    lowerings = ["auto", "gather"] + (["slices"] if is_box else [])
+    lowerings = ["auto", "gather"] + (["slices"] if kind != "gather" else [])
 
     def everything(st):  # one program for every path, so the test compiles once
         v = ops.as_strided(st, shape, strides, offset)
@@ -67,11 +70,11 @@ def test_both_paths_read_what_numpy_reads(name):
             np.testing.assert_allclose(g, w, err_msg=lw)
     prims = _primitives(lambda st: ops.to_array(ops.as_strided(st, shape, strides, offset)),
                         storage)
-    assert ("gather" in prims) != is_box, prims  # auto gathers only when there is no box
+    assert ("gather" in prims) == (kind == "gather"), prims  # auto gathers only as a last resort
     assert "gather" in _primitives(
         lambda st: ops.to_array(ops.as_strided(st, shape, strides, offset), lowering="gather"),
         storage)
-    if not is_box:
+    if kind == "gather":
         with pytest.raises(ValueError, match="not a strided box of its storage"):
             ops.to_array(s, lowering="slices")
 

@@ -7,7 +7,7 @@ lower a view to XLA slices (or a gather when the view is no box of its storage).
 """
 
 from funcdl.ops.explain import explain
-from funcdl.ops.lower import lower, plan_slices, to_array
+from funcdl.ops.lower import lower, plan_slices, plan_stacked, to_array
 from funcdl.ops.reduce import amax, amin, argmax, argmin, logsumexp, mean, prod, sum, var
 from funcdl.ops.strided import (
     StridedArray,
@@ -37,5 +37,5 @@ __all__ = [
     "is_contiguous", "contiguous", "transpose", "permute", "select", "slice", "narrow", "expand",
     "squeeze", "unsqueeze", "view", "reshape", "item", "getitem",
     "sum", "mean", "prod", "amax", "amin", "argmax", "argmin", "logsumexp", "var",
-    "explain", "lower", "plan_slices", "canonical_dim", "canonical_dims",
+    "explain", "lower", "plan_slices", "plan_stacked", "canonical_dim", "canonical_dims",
 ]
