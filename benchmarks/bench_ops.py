@@ -60,8 +60,8 @@ def _rows(case: str, layout, storage, dense, xv, tv, gb: float, rounds: int) -> 
             # The machine is shared: interleave the implementations over a few rounds and keep
             # each one's best median, so a burst of load does not land on one peer only.
             best = {impl: float("inf") for impl, _ in impls}
-            for _ in range(rounds):
-                for impl, fn in impls:
+            for r in range(rounds):  # alternate the order too: no peer always runs first
+                for impl, fn in impls if r % 2 == 0 else impls[::-1]:
                     best[impl] = min(best[impl], time_fn(fn, repeat=3))
             for impl, sec in best.items():
                 rows.append(Row(f"ops.{op}", f"{case}, dim {dim}", impl, sec, gb / sec, "GB/s"))
