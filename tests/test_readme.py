@@ -1,4 +1,4 @@
-"""The README cannot rot: its quick-start test command is what CI runs, and its Python blocks run."""
+"""The README cannot rot: its quick-start test command is what CI runs; its Python blocks run."""
 
 import pathlib
 import re

@@ -364,7 +364,9 @@ def _TiedMLM(rngs):  # noqa: N802 (reads as the module it builds)
 def _demo(args: argparse.Namespace) -> int:
     root = repo_root()
     if root is not None and (root / "examples" / f"{DEMO_EXAMPLE}.py").is_file():
-        extra = ["--demo", "--out", args.out] + (["--resume"] if args.resume else [])
+        again = f"funcdl demo{'' if args.out == 'runs/demo' else f' --out {args.out}'} --resume"
+        extra = ["--demo", "--out", args.out, "--resume-command", again]
+        extra += ["--resume"] if args.resume else []
         return run_example(root / "examples" / f"{DEMO_EXAMPLE}.py", extra)
     return _strided_walk_demo()
 
