@@ -227,7 +227,7 @@ def _real_scalar(out: Any) -> None:
     if shape != ():
         raise TypeError("Gradient only defined for scalar-output functions. "
                         f"Output had shape: {shape}.")
-    dtype = jnp.result_type(data)
+    dtype = data.dtype if hasattr(data, "dtype") else jnp.result_type(data)
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError("grad requires real-valued outputs (output dtype that is a sub-dtype of "
                         f"np.floating), but got {dtype.name}.")
@@ -237,7 +237,9 @@ def _source(x: Any, tape_root: Tape) -> Tensor:
     x = unwrap(x)
     if isinstance(x, Tensor) and x.requires_grad:
         return x  # nested grad: differentiate through the outer Tensor itself
-    data = x.data if isinstance(x, Tensor) else jnp.asarray(x)
+    data = x.data if isinstance(x, Tensor) else x
+    if not isinstance(data, jax.Array):
+        data = jnp.asarray(data)
     if not jnp.issubdtype(data.dtype, jnp.inexact):
         raise TypeError("grad requires real- or complex-valued inputs (input dtype that is a "
                         f"sub-dtype of np.inexact), but got {data.dtype.name}. Pass float "

@@ -65,7 +65,7 @@ class Tape:
         """Free the recorded closures and refuse later use of its Tensors."""
         if self._outermost:  # inner tapes' nodes are also on an open outer tape
             for node in self.nodes:
-                node.release()
+                node.release(keep_shape=False)  # its Tensors are refused from now on anyway
         self.nodes = []
         self.closed = True
 
@@ -119,9 +119,9 @@ class Node:
         x = self.inputs[i]
         return isinstance(x, Tensor) and x.requires_grad
 
-    def release(self) -> None:
-        """Free the saved inputs and closures (the graph's shape stays visible)."""
-        if self.inputs is not None:
+    def release(self, keep_shape: bool = True) -> None:
+        """Free the saved inputs and closures (``keep_shape``: next_functions stays visible)."""
+        if keep_shape and self.inputs is not None:
             self._next = self.next_functions
         self.rules = self.joint = None
         self.inputs = None
