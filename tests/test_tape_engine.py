@@ -160,6 +160,7 @@ def test_escaped_tensor_is_refused_with_a_clear_message():
             y.backward(gradient=jnp.ones(2))
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # torch's own anomaly-mode chatter
 def test_detect_anomaly_names_the_op():
     def f(x):
         return T.sum(T.sqrt(x) * 0.0)  # sqrt'(0) = inf, times 0: NaN
