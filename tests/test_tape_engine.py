@@ -160,6 +160,20 @@ def test_escaped_tensor_is_refused_with_a_clear_message():
             y.backward(gradient=jnp.ones(2))
 
 
+def test_tensor_kept_from_a_jit_trace_is_refused_clearly():
+    kept = []
+
+    @jax.jit
+    def f(x):
+        t = T.tensor(x, requires_grad=True) * 2  # eager-style Tensor inside jit, no grad call
+        kept.append(t)
+        return t.data
+
+    f(1.0)
+    with pytest.raises(RuntimeError, match="tracer of a finished jax.jit/vmap trace"):
+        T.exp(kept[0])
+
+
 @pytest.mark.filterwarnings("ignore::UserWarning")  # torch's own anomaly-mode chatter
 def test_detect_anomaly_names_the_op():
     def f(x):

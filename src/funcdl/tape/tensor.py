@@ -382,7 +382,13 @@ def apply(name: str, forward: Callable[..., Any], inputs: tuple, rules: Sequence
                 raise _escaped(x)
     if not has_tensor:
         return forward(*inputs)
-    out = forward(*[x.data if isinstance(x, Tensor) else x for x in inputs])
+    try:
+        out = forward(*[x.data if isinstance(x, Tensor) else x for x in inputs])
+    except jax.errors.UnexpectedTracerError as e:
+        raise RuntimeError(
+            f"{name[:-len('Backward0')] or name}: a Tensor among the inputs holds a tracer of a "
+            "finished jax.jit/vmap trace (it was kept from inside a jitted function). Return "
+            "values from the jitted function instead of keeping Tensors made inside it.") from e
     return wrap(name, out, inputs, rules, joint)
 
 
