@@ -17,7 +17,7 @@ from funcdl import tape as T
 SIZES = (784, 100, 50, 20, 1)
 
 
-def timed(fns: dict[str, object], repeat: int, rounds: int = 3) -> dict[str, float]:
+def timed(fns: dict[str, object], repeat: int, rounds: int = 5) -> dict[str, float]:
     """Seconds per call of each fn: the best of ``rounds`` medians, the fns taking turns, so a
     burst of load on this shared machine does not land on one side of a comparison only."""
     best = {name: float("inf") for name in fns}
@@ -124,7 +124,7 @@ def encoder_rows(batch: int, length: int, repeat: int) -> list[Row]:
 
 
 def run(quick: bool = False) -> list[Row]:
-    repeat = 5 if quick else 9
+    repeat = 3 if quick else 7
     rows = mlp_rows(64 if quick else 256, repeat)
     rows += encoder_rows(4 if quick else 16, 32 if quick else 128, repeat)
     return rows
