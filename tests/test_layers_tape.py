@@ -73,9 +73,8 @@ def test_training_mode_tape_and_jax_draw_the_same_dropout_masks(data):
         return tape.sum(tape.mul(y, y))
 
     g_jax = jax.jit(jax.grad(loss))(params, rest)
-    g_tape = jax.jit(tape.grad(loss))(params, rest)
+    loss_train, g_tape = jax.jit(tape.value_and_grad(loss))(params, rest)
     assert max_rel_diff(g_jax, g_tape) < 1e-5
     layer.eval()  # `deterministic` lives in the graphdef: split again
     graphdef, params, rest = nnx.split(layer, nnx.Param, ...)
-    g_eval = jax.jit(jax.grad(loss))(params, rest)
-    assert max_rel_diff(g_jax, g_eval) > 1e-2  # dropout really was on
+    assert abs(float(jax.jit(loss)(params, rest)) - float(loss_train)) > 1e-2  # dropout was on
