@@ -90,6 +90,16 @@ def test_mixing_with_arrays_and_numbers():
     assert (x == x).tolist() == [True, True]
 
 
+def test_astype_casts_the_gradient_back():
+    def f(x):
+        return T.sum(T.astype(T.astype(x, jnp.bfloat16) * 3, jnp.float32) ** 2)
+
+    x = jnp.array([0.5, -1.25, 2.0])
+    g = T.grad(f)(x)
+    assert g.dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(g), np.asarray(jax.grad(f)(x)))
+
+
 def test_grad_accumulates_and_zeroes():
     x = T.tensor(3.0, requires_grad=True)
     (x * x).backward()

@@ -11,6 +11,7 @@ from funcdl.tape.functions import (
     abs,
     add,
     amax,
+    astype,
     binary_cross_entropy_with_logits,
     broadcast_shapes,
     broadcast_to,
@@ -80,14 +81,14 @@ from funcdl.tape.tensor import (
 )
 
 __all__ = [
-    "abs", "AccumulateGrad", "add", "amax", "backward", "binary_cross_entropy_with_logits",
-    "broadcast_shapes", "broadcast_to", "cat", "clamp", "clip", "concatenate", "cross_entropy",
-    "detect_anomaly", "div", "dropout", "embedding", "enable_grad", "erf", "exp", "expand",
-    "Function", "FunctionCtx", "gelu", "getitem", "grad", "gradcheck", "GradcheckError",
-    "graph_dot", "graph_text", "index_add_into", "is_grad_enabled", "layer_norm", "linear",
-    "log", "log_softmax", "logsumexp", "masked_fill", "matmul", "maximum", "mean", "minimum",
-    "mse_loss", "mul", "neg", "no_grad", "Node", "permute", "pow", "relu", "render", "reshape",
-    "sigmoid", "silu", "softmax", "softplus", "split", "sqrt", "squeeze", "stack", "sub",
-    "sum", "take", "tanh", "Tape", "Tensor", "tensor", "transpose", "tril", "triu",
-    "unsqueeze", "value_and_grad", "var", "view", "where",
+    "abs", "AccumulateGrad", "add", "amax", "astype", "backward",
+    "binary_cross_entropy_with_logits", "broadcast_shapes", "broadcast_to", "cat", "clamp",
+    "clip", "concatenate", "cross_entropy", "detect_anomaly", "div", "dropout", "embedding",
+    "enable_grad", "erf", "exp", "expand", "Function", "FunctionCtx", "gelu", "getitem", "grad",
+    "gradcheck", "GradcheckError", "graph_dot", "graph_text", "index_add_into", "is_grad_enabled",
+    "layer_norm", "linear", "log", "log_softmax", "logsumexp", "masked_fill", "matmul", "maximum",
+    "mean", "minimum", "mse_loss", "mul", "neg", "no_grad", "Node", "permute", "pow", "relu",
+    "render", "reshape", "sigmoid", "silu", "softmax", "softplus", "split", "sqrt", "squeeze",
+    "stack", "sub", "sum", "take", "tanh", "Tape", "Tensor", "tensor", "transpose", "tril",
+    "triu", "unsqueeze", "value_and_grad", "var", "view", "where",
 ]

@@ -888,6 +888,14 @@ def embedding(ids: Any, weight: Any) -> Any:
                  (lambda g, z, w: index_add_into(g, ids, shape),))
 
 
+def astype(x: Any, dtype: Any) -> Any:
+    """Cast to ``dtype``; the gradient is cast back to the input's dtype (``ToCopyBackward0``)."""
+    x = unwrap(x)
+    src = jnp.result_type(x)
+    return apply("ToCopyBackward0", lambda x: jnp.asarray(x).astype(dtype), (x,),
+                 (lambda g, z, x: astype(g, src),))
+
+
 def tril(x: Any, diagonal: int = 0) -> Any:
     """Keep the lower triangle (of the last two dims)."""
     x = unwrap(x)
@@ -1114,6 +1122,7 @@ def _install_operators() -> None:
     T.view = T.reshape
     T.expand = expand
     T.t = lambda self: transpose(self, 0, 1) if self.ndim == 2 else self
+    T.astype = astype
 
 
 _install_operators()
