@@ -172,6 +172,7 @@ def gradient_cases() -> list[GradCase]:
 
 def _tape_cases() -> list[GradCase]:
     import jax
+    import jax.numpy as jnp
     import numpy as np
 
     from funcdl import tape as T
@@ -241,6 +242,8 @@ def _tape_cases() -> list[GradCase]:
         c("logsumexp (dim 1)", lambda a: T.logsumexp(a, dim=1), (x(2, 3, 4),)),
         c("reshape", lambda a: T.reshape(a, (6, -1)), (x(2, 3, 4),)),
         c("view", lambda a: T.view(a, (3, 8)), (x(2, 3, 4),)),
+        c("astype (float32 -> bfloat16 -> float32)",
+          lambda a: T.astype(T.mul(T.astype(a, jnp.bfloat16), 2.0), jnp.float32), (x(3, 4),)),
         c("transpose", lambda a: T.transpose(a, 0, 2), (x(2, 3, 4),)),
         c("permute", lambda a: T.permute(a, (2, 0, 1)), (x(2, 3, 4),)),
         c("squeeze", lambda a: T.squeeze(a, 1), (x(2, 1, 4),)),
