@@ -104,7 +104,7 @@ def _propagate(order: Iterable[Node], seeds: dict[Node, Any], *, create_graph: b
                 z = None if out is None else out.data
                 xs = tuple(x.data if isinstance(x, Tensor) else x for x in inputs)
             if node.joint is not None:
-                outs = node.joint(g, z, *xs)
+                outs = node.joint(g, z, tuple(node.needs(i) for i in range(len(inputs))), *xs)
             else:
                 outs = [rule(g, z, *xs) if node.needs(i) and rule is not None else None
                         for i, rule in enumerate(node.rules)]

@@ -87,7 +87,7 @@ class Function:
             out = _data(cls.forward(ctx, *[_data(a) for a in args]))
         name = cls.__name__
 
-        def joint(g: Any, z: Any, *xs: Any) -> tuple:
+        def joint(g: Any, z: Any, needs: tuple[bool, ...], *xs: Any) -> tuple:
             return _as_tuple(cls.backward(ctx, g), len(args), name)
 
         return wrap(f"{name}Backward", out, args, joint=joint)

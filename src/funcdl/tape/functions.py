@@ -104,14 +104,12 @@ def _linear_forward(x: Any, w: Any, b: Any) -> Any:
     return y if b is None else y + b
 
 
-@jax.jit
-def _linear_weight_grad(g: Any, x: Any) -> Any:
-    return jnp.matmul(g.reshape(-1, g.shape[-1]).T, x.reshape(-1, x.shape[-1]))
-
-
-@jax.jit
-def _row_sum(g: Any) -> Any:
-    return g.reshape(-1, g.shape[-1]).sum(0)
+@functools.partial(jax.jit, static_argnames="needs")
+def _linear_grads(g: Any, x: Any, w: Any, needs: tuple[bool, ...]) -> tuple:
+    g2 = g.reshape(-1, g.shape[-1])
+    return (jnp.matmul(g, w) if needs[0] else None,
+            jnp.matmul(g2.T, x.reshape(-1, x.shape[-1])) if needs[1] else None,
+            g2.sum(0) if needs[2] else None)
 
 
 # jax.nn's custom_jvp functions cost ~0.3 ms per eager call; jitted they dispatch in microseconds
@@ -448,20 +446,23 @@ def linear(x: Any, weight: Any, bias: Any = None) -> Any:
         broadcast_shapes(sx[:-1] + (sw[0],), _shape(bias))
 
     def rule_w(g: Any, z: Any, x: Any, w: Any, b: Any) -> Any:
-        if not isinstance(g, Tensor):
-            return _linear_weight_grad(g, x)
         g2 = reshape(g, (-1, sw[0]))
         x2 = reshape(x, (-1, sw[1]))
         return matmul(transpose(g2, 0, 1), x2)
 
     def rule_b(g: Any, z: Any, x: Any, w: Any, b: Any) -> Any:
-        if not isinstance(g, Tensor) and g.ndim > 1 and _shape(b) == (sw[0],):
-            return _row_sum(g)
         return g  # the engine sums over the broadcast dims
 
+    rules = (lambda g, z, x, w, b: matmul(g, w), rule_w, rule_b)
+    fused = bias is None or _shape(bias) == (sw[0],)
+
+    def joint(g: Any, z: Any, needs: tuple[bool, ...], x: Any, w: Any, b: Any) -> tuple:
+        if fused and not isinstance(g, Tensor):  # eager: one dispatch for all three
+            return _linear_grads(g, x, w, needs)
+        return tuple(rule(g, z, x, w, b) if need else None for rule, need in zip(rules, needs))
+
     return apply("AddmmBackward0" if bias is not None else "MmBackward0", _linear_forward,
-                 (x, weight, bias),
-                 (lambda g, z, x, w, b: matmul(g, w), rule_w, rule_b))
+                 (x, weight, bias), rules, joint)
 
 
 # ---------------------------------------------------------------------------------------------

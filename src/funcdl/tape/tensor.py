@@ -85,7 +85,8 @@ class Node:
 
     ``rules[i](g, z, *xs)`` returns dL/dxs[i] from dL/dz = g, the output z and the inputs xs, all
     plain arrays (or all Tensors when the backward is itself recorded, ``create_graph=True``).
-    ``joint(g, z, *xs)`` returns all input gradients at once (used by `Function`).
+    ``joint(g, z, needs, *xs)``, when given, returns all input gradients at once (``needs[i]``:
+    whether input i wants one); `Function` uses it, and `linear` for one eager dispatch.
     """
 
     __slots__ = ("_name", "rules", "joint", "inputs", "versions", "depth", "_out", "stack",
