@@ -175,6 +175,8 @@ def test_encoder_layer_matches_torch(x, kpm, norm_first, activation):
         want = np32(tl(x, src_key_padding_mask=kpm))
     got = np.asarray(run(m, xj, key_padding_mask=kj))
     close(got[~kpm.numpy()], want[~kpm.numpy()])
+    if activation == "relu":
+        return  # backward parity below: once per norm placement is enough
     # Backward parity too: grads of the same loss, torch autograd vs jax.grad.
     xt = x.clone().requires_grad_(True)
     (tl(xt, src_key_padding_mask=kpm) ** 2).sum().backward()
