@@ -165,5 +165,30 @@ def test_check_fails_with_exit_1_when_the_tape_disagrees(capsys, monkeypatch):
     assert "FAIL" in out and "0 of 1 cases" in out
 
 
-def test_check_covers_every_differentiable_function_of_the_tape():
-    assert cli.uncovered_tape_functions(cli.gradient_cases()) == []
+# The differentiable functions pinned by the cross-area contract (docs: contracts.md).
+CONTRACT = """add sub mul div neg pow exp log sqrt abs maximum minimum where masked_fill clip
+sigmoid tanh relu gelu silu softplus softmax log_softmax matmul sum mean amax var logsumexp reshape
+transpose permute squeeze unsqueeze expand broadcast_to concatenate cat stack split getitem take
+embedding tril triu layer_norm dropout linear mse_loss cross_entropy
+binary_cross_entropy_with_logits""".split()
+
+
+def test_check_covers_every_contract_function_of_the_tape():
+    covered = {c.name.split(" ")[0] for c in cli.gradient_cases()}
+    assert sorted(set(CONTRACT) - covered) == []
+    # and whatever else the tape exports is at least listed by `funcdl check` when not covered
+    uncovered = cli.uncovered_tape_functions(cli.gradient_cases())
+    assert not set(uncovered) & set(CONTRACT)
+
+
+def test_ctrl_c_during_demo_training_exits_130_with_the_resume_command(capsys, monkeypatch,
+                                                                        tmp_path):
+    import funcdl.train
+
+    def interrupted_fit(*args, **kwargs):
+        raise KeyboardInterrupt  # as if Ctrl-C came during an epoch
+
+    monkeypatch.setattr(funcdl.train, "fit", interrupted_fit)
+    code, _, err = run(capsys, "demo", "--out", str(tmp_path))
+    assert code == 130
+    assert f"resume with: funcdl demo --out {tmp_path} --resume" in err

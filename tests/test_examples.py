@@ -74,3 +74,63 @@ def test_autograd_walkthrough_gives_the_slides_gradient(example, tmp_path):
     assert len(values) == 4 and all(abs(float(v) - 2 * sigma * (1 - sigma)) < 1e-6
                                     for v in values)
     assert (tmp_path / "autograd_walkthrough" / "graph.dot").read_text().startswith("digraph")
+
+
+def percentages(out: str, label: str) -> list[float]:
+    return [float(v) / 100 for v in re.findall(rf"{label}.*?(\d+\.\d)%", out)]
+
+
+def test_mlp_digits_trains_both_ways(example):
+    out = example("mlp_digits", "--smoke")
+    assert "== 1. the manual tape loop" in out and "== 2. funcdl.layers.MLP" in out
+    manual, fitted = percentages(out, "test accuracy:")
+    assert 0.0 <= manual <= 1.0 and 0.0 <= fitted <= 1.0
+
+
+def test_sequence_classifier_reports_accuracy_with_and_without_the_mask(example):
+    out = example("sequence_classifier", "--smoke")
+    assert "test accuracy with key_padding_mask" in out
+    assert "test accuracy if the mask is dropped" in out
+    assert "chance:" in out and "12.5%" in out  # q = 8 classes
+
+
+def test_sequence_data_padding_is_adversarial_and_masked():
+    import sys
+
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        from sequence_classifier import Q, make_sequences
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    import numpy as np
+
+    data = make_sequences(200, 64, seed=3)
+    lengths = (~data.padding).sum(axis=1)
+    assert lengths.min() >= 16 and lengths.max() <= 64
+    assert (data.padding == (np.arange(64)[None] >= lengths[:, None])).all()  # a suffix
+    for ids, pad, label in zip(data.ids, data.padding, data.labels):
+        filler = set(ids[pad].tolist())
+        assert len(filler) <= 1 and label not in filler  # one repeated wrong token
+    # the planted token is the most frequent real token in most sequences
+    majority = [np.bincount(i[~p], minlength=Q).argmax() for i, p in zip(data.ids, data.padding)]
+    assert np.mean(np.array(majority) == data.labels) > 0.8
+
+
+def test_mlm_pretrain_writes_outputs_and_compares_engines(example, tmp_path):
+    run = tmp_path / "mlm_pretrain"
+    out = example("mlm_pretrain", "--smoke")
+    assert (run / "history.png").stat().st_size > 0 and (run / "history.json").exists()
+    assert any((run / "checkpoints").iterdir())
+    assert "masked-token accuracy" in out and "most-frequent-token baseline" in out
+    diff = float(re.search(r"max \|difference\| ([-+.e\d]+),", out).group(1))
+    assert diff < 1e-4  # tape and jax.grad agree on the trained model
+
+
+def test_tape_vs_jax_runs_both_engines_step_for_step(example):
+    out = example("tape_vs_jax", "--smoke")
+    rows = [line.split() for line in out.splitlines() if re.match(r"\s+\d+\s+\d", line)]
+    assert len(rows) == 3  # --smoke: 3 steps
+    for row in rows:
+        loss_jax, loss_tape, grad_diff = float(row[1]), float(row[2]), float(row[3])
+        assert abs(loss_jax - loss_tape) < 1e-4 and grad_diff < 1e-4
+    assert "median step after that" in out
