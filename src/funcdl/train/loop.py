@@ -34,6 +34,7 @@ from .steps import (
     make_train_step,
     split_loss,
     split_model,
+    unshare,
     zero_sums,
 )
 
@@ -315,8 +316,8 @@ def fit(
             if sums is not None:
                 row.update(_means(sums, "eval"))
         if scheduler is not None and "eval_loss" in row:
-            state = state._replace(opt_state=place(scheduler.step(row["eval_loss"],
-                                                                  state.opt_state)))
+            opt_state = scheduler.step(row["eval_loss"], state.opt_state)
+            state = unshare(state._replace(opt_state=place(opt_state)))
         row["lr"] = _lr(state.opt_state)
         if precision == "fp16":
             row["loss_scale"] = float(to_host(state.loss_scale.scale))

@@ -102,7 +102,7 @@ def init_state(model: nnx.Module, optimizer: optax.GradientTransformation, *,
     state to a step never deletes the buffers the user's module holds."""
     graphdef, params, rest = split_model(model)
     params, rest = jax.tree.map(lambda x: x.copy(), (params, rest))
-    state = TrainState(
+    state = unshare(TrainState(
         params=params,
         rest=rest,
         opt_state=optimizer.init(params),
@@ -110,8 +110,23 @@ def init_state(model: nnx.Module, optimizer: optax.GradientTransformation, *,
         bad_step=jnp.asarray(-1, jnp.int32),
         loss_scale=init_loss_scale(precision),
         sums=zero_sums(aux_names),
-    )
+    ))
     return graphdef, state
+
+
+def unshare(tree: Any) -> Any:
+    """``tree`` with every array object that appears more than once copied, so the state can be
+    donated (an optimizer may put one zeros array in two slots of its state)."""
+    seen: set[int] = set()
+
+    def once(x):
+        if isinstance(x, jax.Array):
+            if id(x) in seen:
+                return x.copy()
+            seen.add(id(x))
+        return x
+
+    return jax.tree.map(once, tree)
 
 
 def zero_sums(names: tuple[str, ...]) -> dict:
