@@ -227,8 +227,12 @@ def _torch_rmsprop(lr: jax.Array, alpha: float, eps: float, momentum: float,
     """
 
     def init(params):
-        zeros = optax.tree.zeros_like(params)
-        return TorchRMSpropState(zeros, zeros if centered else (), zeros if momentum > 0 else ())
+        # A fresh zeros tree per buffer, so a jitted step may donate the state.
+        def zeros():
+            return optax.tree.zeros_like(params)
+
+        return TorchRMSpropState(zeros(), zeros() if centered else (),
+                                 zeros() if momentum > 0 else ())
 
     def update(grads, state, params=None):
         sq = jax.tree.map(lambda s, g: s * alpha + ((1 - alpha) * g) * g, state.square_avg, grads)
@@ -285,8 +289,12 @@ def _torch_adam(lr: jax.Array, beta1: float, beta2: float, eps: float, amsgrad: 
     """
 
     def init(params):
-        zeros = optax.tree.zeros_like(params)
-        return TorchAdamState(jnp.zeros([], jnp.int32), zeros, zeros, zeros if amsgrad else ())
+        # A fresh zeros tree per moment, so a jitted step may donate the state.
+        def zeros():
+            return optax.tree.zeros_like(params)
+
+        return TorchAdamState(jnp.zeros([], jnp.int32), zeros(), zeros(),
+                              zeros() if amsgrad else ())
 
     def update(grads, state, params=None):
         step = optax.safe_increment(state.count)
