@@ -122,3 +122,15 @@ def test_strided_view_reduces_the_storage_box_first():
     kinds = [e.primitive.name for e in jaxpr.eqns]
     assert kinds.index("reduce_sum") < kinds.index("slice")
     np.testing.assert_allclose(ops.sum(s, 0), np.arange(48).reshape(8, 6)[:, ::2].sum(0))
+
+
+def test_offset_view_reduces_the_whole_storage_then_drops_rows():
+    # x[1:] summed over dim 1: row sums of the whole storage (a free reshape), then rows 1..
+    storage = jnp.arange(8 * 6, dtype=jnp.float32)
+    s = ops.from_array(storage.reshape(8, 6))[1:]
+    jaxpr = jax.make_jaxpr(lambda st: ops.sum(ops.as_strided(st, s.shape, s.strides, s.offset),
+                                              1))(storage)
+    reduced = [e for e in jaxpr.eqns if e.primitive.name == "reduce_sum"]
+    assert reduced[0].invars[0].aval.shape == (8, 6)  # the whole storage, not a copy of the view
+    np.testing.assert_allclose(ops.sum(s, 1), np.arange(48).reshape(8, 6)[1:].sum(1))
+    np.testing.assert_allclose(ops.amax(s[:, ::2], 1), np.arange(48).reshape(8, 6)[1:, ::2].max(1))

@@ -116,6 +116,20 @@ def _lower_slices(s: StridedArray, plan: SlicePlan) -> jnp.ndarray:
 MAX_DEFERRED_WASTE = 4  # read at most this many box elements per view element to skip a copy
 
 
+def _whole_storage(plan: SlicePlan, n_storage: int) -> SlicePlan | None:
+    """The same view, with the box grown to the whole storage (so reshaping it is free).
+
+    Possible when the storage splits into whole box rows and the box starts on a row boundary;
+    the view then starts at a row offset of that grid instead of an element offset.
+    """
+    row = math.prod(plan.box[1:])
+    if plan.pad or n_storage % row or plan.start % row:
+        return None
+    return dataclasses.replace(
+        plan, start=0, box=(n_storage // row, *plan.box[1:]),
+        starts=(plan.start // row + plan.starts[0], *plan.starts[1:]))
+
+
 def reduce_box(s: StridedArray, dims: tuple[int, ...], reduce_fn, lowering: str = "auto"):
     """``(result, kept_dims)``: ``reduce_fn(array, axes)`` over the view's real dims in ``dims``.
 
@@ -123,18 +137,22 @@ def reduce_box(s: StridedArray, dims: tuple[int, ...], reduce_fn, lowering: str 
     and the kept axes are sliced afterwards: positions are reduced independently, so the junk
     between a strided view's elements lands only in outputs that the slice then drops. XLA fuses
     a reshape into the reduction but copies a strided slice, so reading the storage once at full
-    speed beats copying the view first (``x[:, ::2]`` summed over dim 0: ~3x faster).
+    speed beats copying the view first (``x[:, ::2]`` summed over dim 0: ~3x faster). The box
+    may be grown to the whole storage for that, since only a reshape of the whole storage is
+    free (``x[1:]`` of 4096 x 4096 summed over dim 1: ~10x faster).
     """
     plan = None if lowering == "gather" or s.size == 0 else plan_slices(s)
     if plan is not None and plan.dims:
-        axes = tuple(a for a, d in enumerate(plan.dims) if d in dims)
-        kept = tuple(a for a in range(len(plan.dims)) if a not in axes)
-        full = all(plan.starts[a] == 0 and plan.steps[a] == 1 and plan.sizes[a] == plan.box[a]
-                   for a in axes)
-        waste = math.prod(plan.box) / math.prod(plan.sizes)
-        if full and 1 < waste <= MAX_DEFERRED_WASTE:
-            r = reduce_fn(_box(s, plan), axes)
-            return _slice_box(r, plan, kept), tuple(plan.dims[a] for a in kept)
+        grown = _whole_storage(plan, s.storage.shape[0])
+        for p in (grown, plan) if grown is not None else (plan,):
+            axes = tuple(a for a, d in enumerate(p.dims) if d in dims)
+            kept = tuple(a for a in range(len(p.dims)) if a not in axes)
+            full = all(p.starts[a] == 0 and p.steps[a] == 1 and p.sizes[a] == p.box[a]
+                       for a in axes)
+            waste = math.prod(p.box) / math.prod(p.sizes)
+            if full and 1 < waste <= MAX_DEFERRED_WASTE:
+                r = reduce_fn(_box(s, p), axes)
+                return _slice_box(r, p, kept), tuple(p.dims[a] for a in kept)
     arr, adims = lower(s, lowering)
     axes = tuple(a for a, d in enumerate(adims) if d in dims)
     return reduce_fn(arr, axes), tuple(d for d in adims if d not in dims)
