@@ -72,8 +72,10 @@ def _reseed(model: nnx.Module, seed: int) -> None:
     """Reseed every RNG stream of the model (dropout and the like) from ``seed``."""
     tags = {s.key.tag for _, s in nnx.iter_graph(model) if isinstance(s, nnx.RngStream)}
     if tags:
-        nnx.reseed(model, **{t: jax.random.fold_in(jax.random.key(seed), i)
-                             for i, t in enumerate(sorted(tags))})
+        # match_shape: stacked layers (nnx.vmap) hold one key per layer
+        nnx.reseed(model, policy="match_shape",
+                   **{t: jax.random.fold_in(jax.random.key(seed), i)
+                      for i, t in enumerate(sorted(tags))})
 
 
 def _set_mode(model: nnx.Module, training: bool) -> None:
