@@ -126,7 +126,7 @@ CASES = [
     (optim.rmsprop, torch.optim.RMSprop, dict(lr=0.01)),
     (optim.rmsprop, torch.optim.RMSprop, dict(lr=0.01, centered=True)),
     (optim.rmsprop, torch.optim.RMSprop, dict(lr=0.001, momentum=0.9)),
-    (optim.rmsprop, torch.optim.RMSprop, dict(lr=0.001, alpha=0.9, eps=1e-3, centered=True,
+    (optim.rmsprop, torch.optim.RMSprop, dict(lr=5e-4, alpha=0.9, eps=1e-3, centered=True,
                                               momentum=0.5, weight_decay=0.05, maximize=True)),
     (optim.adam, torch.optim.Adam, dict(lr=0.01)),
     (optim.adam, torch.optim.Adam, dict(lr=0.01, amsgrad=True, weight_decay=0.05)),
@@ -157,6 +157,13 @@ def test_trajectory_matches_torch(case):
         got = run_funcdl(fn(**opts), sign, np.float64)
     want = run_torch(lambda ps: torch_cls(ps, **opts), sign, dtype=np.float64)
     assert_trajectories_match(got, want, rtol=1e-10)
+
+
+def test_the_comparison_catches_optax_rmsprop_eps_inside_the_root():
+    """optax.rmsprop divides by sqrt(nu + eps), torch by sqrt(nu) + eps (optax#532): 10% apart."""
+    want = run_torch(lambda ps: torch.optim.RMSprop(ps, lr=0.01))
+    assert max_rel_error(run_funcdl(optax.rmsprop(0.01, decay=0.99, eps=1e-8)), want) > 1e-2
+    assert max_rel_error(run_funcdl(optim.rmsprop(0.01)), want) < RTOL
 
 
 @pytest.mark.parametrize("fn, torch_cls", [
