@@ -14,7 +14,7 @@ model as ``<mask>``; then the gradients of the trained model by ``funcdl.tape`` 
 ``jax.grad``, compared. Ctrl-C stops cleanly with a checkpoint; ``--resume`` continues from it.
 
     python examples/mlm_pretrain.py            # ~3 minutes on 2 CPU cores
-    python examples/mlm_pretrain.py --demo     # the compact run of ``funcdl demo`` (~2 minutes)
+    python examples/mlm_pretrain.py --demo     # the compact run of ``funcdl demo`` (~1.5 minutes)
     python examples/mlm_pretrain.py --smoke    # a few seconds, for the tests
 """
 
@@ -49,7 +49,7 @@ PRESETS = {
     "default": dict(vocab=500, max_len=32, dim=64, heads=4, ff=256, layers=2, batch=32,
                     epochs=30, lr=5e-3, sentences=None),
     "demo": dict(vocab=500, max_len=32, dim=64, heads=4, ff=256, layers=2, batch=32,
-                 epochs=20, lr=5e-3, sentences=None),
+                 epochs=12, lr=5e-3, sentences=None),
     "smoke": dict(vocab=200, max_len=16, dim=16, heads=2, ff=32, layers=1, batch=16,
                   epochs=2, lr=3e-3, sentences=400),
 }
