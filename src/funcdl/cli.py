@@ -439,7 +439,10 @@ def _explain(args: argparse.Namespace) -> int:
     x = ops.from_array((np.arange(1, size + 1, dtype=np.float32) / 10).reshape(args.shape))
     if args.transpose:
         x = ops.transpose(x, 0, -1)
-    print(ops.explain(x, args.op, args.dim))
+    try:
+        print(ops.explain(x, args.op, args.dim))
+    except (IndexError, ValueError) as err:  # a dim out of range: PyTorch's words, no traceback
+        return _usage_error("explain", f"argument --dim: {err}")
     return 0
 
 
