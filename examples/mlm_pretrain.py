@@ -212,6 +212,19 @@ def main(argv: list[str] | None = None) -> int:
     cfg["epochs"] = args.epochs or cfg["epochs"]
     cfg["lr"] = args.lr or cfg["lr"]
 
+    try:
+        return train_and_report(args, cfg)
+    except KeyboardInterrupt:  # Ctrl-C: fit has kept the checkpoint of the last finished epoch
+        again = args.resume_command or (
+            f"python examples/mlm_pretrain.py{' --demo' if args.demo else ''}"
+            f"{' --smoke' if args.smoke else ''} --out {args.out} --resume")
+        print(f"\ninterrupted: the last checkpoint (written after every epoch) is in "
+              f"{args.out / 'checkpoints'}; resume with: {again}", file=sys.stderr, flush=True)
+        return INTERRUPTED
+
+
+def train_and_report(args: argparse.Namespace, cfg: dict) -> int:
+    """Load the corpus, train (or resume), evaluate, compare the engines, print the result."""
     with stopwatch() as elapsed:
         corpus = load_corpus(cfg["vocab"], cfg["sentences"], args.seed)
     print(f"corpus: {len(corpus.train)} training and {len(corpus.test)} test sentences from "
@@ -231,17 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     ckpt = args.out / "checkpoints"
     with stopwatch() as elapsed:
-        try:
-            history = fit(model, optim.adamw(schedule, weight_decay=0.01), loader, loss_fn,
-                          epochs=cfg["epochs"], seed=args.seed, checkpoint_dir=ckpt,
-                          resume=args.resume, progress=not args.smoke)
-        except KeyboardInterrupt:
-            again = args.resume_command or (
-                f"python examples/mlm_pretrain.py{' --demo' if args.demo else ''}"
-                f"{' --smoke' if args.smoke else ''} --out {args.out} --resume")
-            print(f"\ninterrupted: the last checkpoint (written after every epoch) is in {ckpt};"
-                  f" resume with: {again}", file=sys.stderr, flush=True)
-            return INTERRUPTED
+        history = fit(model, optim.adamw(schedule, weight_decay=0.01), loader, loss_fn,
+                      epochs=cfg["epochs"], seed=args.seed, checkpoint_dir=ckpt,
+                      resume=args.resume, progress=not args.smoke)
     train_s = elapsed()
     history.save(args.out)  # history.json, history.csv and the loss curve history.png
 
@@ -260,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{check['max_abs_grad']:.2e}\n  (one jitted gradient: {check['tape_ms']:.1f} ms by the "
           f"tape, {check['jax_ms']:.1f} ms by jax.grad)")
     return 0
+
 
 
 if __name__ == "__main__":

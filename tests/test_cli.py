@@ -182,14 +182,13 @@ def test_check_covers_every_contract_function_of_the_tape():
     assert not set(uncovered) & set(CONTRACT)
 
 
-def test_ctrl_c_during_demo_training_exits_130_with_the_resume_command(capsys, monkeypatch,
-                                                                        tmp_path):
-    import funcdl.train
+def test_ctrl_c_during_demo_exits_130_with_the_resume_command(capsys, monkeypatch, tmp_path):
+    import funcdl.data.datasets
 
-    def interrupted_fit(*args, **kwargs):
-        raise KeyboardInterrupt  # as if Ctrl-C came during an epoch
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C while the demo reads its corpus
 
-    monkeypatch.setattr(funcdl.train, "fit", interrupted_fit)
+    monkeypatch.setattr(funcdl.data.datasets, "python_docs_corpus", interrupted)
     code, _, err = run(capsys, "demo", "--out", str(tmp_path))
     assert code == 130
     assert f"resume with: funcdl demo --out {tmp_path} --resume" in err
