@@ -295,3 +295,11 @@ def test_fp16_skips_overflowing_steps_and_backs_off_the_scale():
     assert h["loss_scale"][-1] < 2.0**16
     assert model.kernel.get_value().dtype == jnp.float32
     assert np.isfinite(params(model)[0]).all()
+
+
+def test_progress_writes_one_line_per_epoch_to_stderr_when_not_a_terminal(capsys):
+    x, y = regression(32)
+    h = fit(linear(), SGD, batches(x, y), mse, epochs=2, progress=True)
+    err = capsys.readouterr().err.splitlines()
+    assert [line.split(" [")[0] for line in err] == ["epoch 1/2", "epoch 2/2"]
+    assert f"train_loss {h['train_loss'][1]:.4g}" in err[1] and "samples_per_s" in err[1]
