@@ -248,6 +248,8 @@ def fit(
         bad = int(to_host(st.bad_step))
         if bad >= 0:
             nnx.update(model, st.params, st.rest)  # the last finite parameters
+            if ckpt is not None:
+                ckpt.close()
             raise FloatingPointError(
                 f"loss or gradients became NaN or inf at {run.where(bad)}; training stopped "
                 "and the model keeps the parameters from before that step"
