@@ -70,30 +70,30 @@ class History:
         os.replace(tmp, path)
 
     def plot(self, path: str | os.PathLike) -> None:
-        """Loss curves (train and eval) and, beside them, every other per-epoch metric."""
+        """Loss curves (train and eval), beside them every other per-epoch metric, then the lr."""
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure  # no pyplot: the user's backend is left alone
 
-        skip = {"epoch", "step", "seconds", "samples_per_s", "train_loss", "eval_loss"}
-        others = [c for c in self.columns if c not in skip and _plottable(self[c])]
-        fig = Figure(figsize=(5 * (1 + bool(others)), 3.6))
+        skip = {"epoch", "step", "seconds", "samples_per_s", "train_loss", "eval_loss", "lr",
+                "loss_scale"}
+        cols = self.columns
+        panels = [[c for c in ("train_loss", "eval_loss") if c in cols]]
+        panels.append([c for c in cols if c not in skip and _plottable(self[c])])
+        panels.append([c for c in ("lr", "loss_scale") if c in cols and _plottable(self[c])])
+        panels = [p for p in panels if p]
+        fig = Figure(figsize=(4.5 * max(len(panels), 1), 3.6))
         FigureCanvasAgg(fig)
-        ax = fig.add_subplot(1, 1 + bool(others), 1)
         epochs = self["epoch"] if self.rows else []
-        for col in ("train_loss", "eval_loss"):
-            if col in self.columns:
+        for i, panel in enumerate(panels):
+            ax = fig.add_subplot(1, len(panels), i + 1)
+            for col in panel:
                 ax.plot(epochs, _floats(self[col]), marker="o", label=col)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("loss")
-        ax.legend()
-        ax.grid(alpha=0.3)
-        if others:
-            ax2 = fig.add_subplot(1, 2, 2)
-            for col in others:
-                ax2.plot(epochs, _floats(self[col]), marker="o", label=col)
-            ax2.set_xlabel("epoch")
-            ax2.legend()
-            ax2.grid(alpha=0.3)
+            if panel[0] in ("lr", "loss_scale"):
+                ax.set_yscale("log")  # learning rates fall by factors
+            ax.set_xlabel("epoch")
+            ax.set_ylabel("loss" if i == 0 and "loss" in panel[0] else "")
+            ax.legend()
+            ax.grid(alpha=0.3)
         fig.tight_layout()
         tmp = f"{os.fspath(path)}.tmp.png"
         fig.savefig(tmp, dpi=100)
