@@ -215,11 +215,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return train_and_report(args, cfg)
     except KeyboardInterrupt:  # Ctrl-C: fit has kept the checkpoint of the last finished epoch
+        ckpt = args.out / "checkpoints"
         again = args.resume_command or (
             f"python examples/mlm_pretrain.py{' --demo' if args.demo else ''}"
             f"{' --smoke' if args.smoke else ''} --out {args.out} --resume")
-        print(f"\ninterrupted: the last checkpoint (written after every epoch) is in "
-              f"{args.out / 'checkpoints'}; resume with: {again}", file=sys.stderr, flush=True)
+        if ckpt.is_dir() and any(p.name.isdigit() for p in ckpt.iterdir()):
+            print(f"\ninterrupted: the last checkpoint (written after every epoch) is in {ckpt}; "
+                  f"resume with: {again}", file=sys.stderr, flush=True)
+        else:
+            print(f"\ninterrupted before the first epoch ended, so there is no checkpoint yet; "
+                  f"run again to start over, or later resume with: {again}", file=sys.stderr,
+                  flush=True)
         return INTERRUPTED
 
 
