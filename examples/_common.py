@@ -9,6 +9,7 @@ import pathlib
 import sys
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -30,26 +31,21 @@ def parser(doc: str, name: str) -> argparse.ArgumentParser:
     return p
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _positive(kind: type, noun: str) -> Callable[[str], Any]:
+    """An argparse type: ``kind(text)``, refused unless it is > 0."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+        return value
+    return parse
 
 
-def positive_float(text: str) -> float:
-    """argparse type: a float > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
+positive_int = _positive(int, "an integer")
+positive_float = _positive(float, "a number")
 
 
 @contextlib.contextmanager

@@ -417,23 +417,22 @@ def wrap(name: str, out: Any, inputs: tuple, rules: Sequence | None = None,
 
 
 @contextlib.contextmanager
-def no_grad() -> Iterator[None]:
+def _grad_mode(enabled: bool) -> Iterator[None]:
+    token = _GRAD_ENABLED.set(enabled)
+    try:
+        yield
+    finally:
+        _GRAD_ENABLED.reset(token)
+
+
+def no_grad() -> contextlib.AbstractContextManager[None]:
     """Record nothing inside the block (``torch.no_grad``); Tensors still come out."""
-    token = _GRAD_ENABLED.set(False)
-    try:
-        yield
-    finally:
-        _GRAD_ENABLED.reset(token)
+    return _grad_mode(False)
 
 
-@contextlib.contextmanager
-def enable_grad() -> Iterator[None]:
+def enable_grad() -> contextlib.AbstractContextManager[None]:
     """Record again inside a `no_grad` block."""
-    token = _GRAD_ENABLED.set(True)
-    try:
-        yield
-    finally:
-        _GRAD_ENABLED.reset(token)
+    return _grad_mode(True)
 
 
 def is_grad_enabled() -> bool:
