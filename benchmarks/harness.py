@@ -107,4 +107,6 @@ def format_table(rows: list[Row]) -> str:
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
     out = ["  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
     out.insert(1, "  ".join("-" * w for w in widths))
+    # Notes hold findings that fit no column (a loop's overhead, a FLOP count): print them too.
+    out += dict.fromkeys(f"note: {r.impl}: {r.note}" for r in rows if r.note)
     return "\n".join(out)
