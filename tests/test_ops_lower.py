@@ -134,3 +134,49 @@ def test_offset_view_reduces_the_whole_storage_then_drops_rows():
     assert reduced[0].invars[0].aval.shape == (8, 6)  # the whole storage, not a copy of the view
     np.testing.assert_allclose(ops.sum(s, 1), np.arange(48).reshape(8, 6)[1:].sum(1))
     np.testing.assert_allclose(ops.amax(s[:, ::2], 1), np.arange(48).reshape(8, 6)[1:, ::2].max(1))
+
+
+def test_large_column_sums_are_a_chunked_matvec_as_accurate_as_a_reduction():
+    # Summing a view over the storage's leading axis is a column reduction, slow on XLA:CPU; big
+    # float ones go through a matvec with ones. Reference: numpy in float64 on the same view.
+    rows, cols = 1024, 24
+    rng = np.random.default_rng(0)
+    cases = {  # name: (shape, strides, dim, numpy reduction of the (rows, cols) storage matrix)
+        "contiguous, dim 0": ((rows, cols), (cols, 1), 0, lambda a: a.sum(0)),
+        "transposed view, dim 1": ((cols, rows), (1, cols), 1, lambda a: a.sum(0)),
+        "mean over (0, 1) of a 3-d view": ((32, 32, cols), (32 * cols, cols, 1), (0, 1),
+                                           lambda a: a.mean(0)),
+    }
+    for dtype, tol in ((np.float32, 1e-5), (np.float64, 1e-12)):
+        with jax.enable_x64(dtype == np.float64):
+            _check_column_sums(cases, rng, rows, cols, dtype, tol)
+    # 1021 rows (a prime: no chunking) and small views keep jnp's plain reduction
+    prime = jnp.asarray(rng.standard_normal(1021 * 4), jnp.float32)
+    f = lambda st: ops.sum(ops.as_strided(st, (1021, 4), (4, 1)), 0)  # noqa: E731
+    assert "dot_general" not in _primitives(f, prime)
+    np.testing.assert_allclose(f(prime), np.asarray(prime, np.float64).reshape(1021, 4).sum(0),
+                               rtol=1e-5, atol=1e-4)
+
+
+def _check_column_sums(cases, rng, rows, cols, dtype, tol):
+    storage = jnp.asarray(rng.standard_normal(rows * cols).astype(dtype))
+    want64 = np.asarray(storage, np.float64).reshape(rows, cols)
+    for name, (shape, strides, dim, ref) in cases.items():
+        op = ops.mean if "mean" in name else ops.sum
+
+        def f(st, shape=shape, strides=strides, dim=dim, op=op):
+            return op(ops.as_strided(st, shape, strides), dim)
+
+        assert "dot_general" in _primitives(f, storage), name
+        got = jax.jit(f)(storage)
+        assert got.dtype == dtype
+        np.testing.assert_allclose(got, ref(want64), rtol=tol, atol=tol * 10, err_msg=name)
+        # gradient: d(sum(view, dim) . w)/d storage puts w[j] on every element of column j
+        w = rng.standard_normal(cols).astype(dtype)
+        g = jax.grad(lambda st, f=f, w=w: jnp.dot(f(st), w))(storage)
+        scale = 1 / rows if op is ops.mean else 1
+        np.testing.assert_allclose(g.reshape(rows, cols), np.tile(w * scale, (rows, 1)),
+                                   rtol=tol, err_msg=name)
+        batch = jnp.stack([storage, -2 * storage])
+        np.testing.assert_allclose(jax.vmap(f)(batch)[1], -2 * ref(want64), rtol=tol * 10,
+                                   atol=tol * 10, err_msg=name)

@@ -36,12 +36,43 @@ def _var_core(x: jnp.ndarray, axes: tuple[int, ...], copies: int, correction: fl
     return ss / max(n - correction, 0)
 
 
+_MATVEC_DTYPES = (jnp.float32, jnp.float64)  # where _sum's matvec is as exact as a reduction
+
+
+def _chunks(m: int) -> int:
+    """The divisor of ``m`` closest to ``sqrt(m)`` from below (1 when ``m`` is prime)."""
+    return max(c for c in range(1, math.isqrt(m) + 1) if m % c == 0)
+
+
+def _sum(x: jnp.ndarray, axes: tuple[int, ...]) -> jnp.ndarray:
+    """``jnp.sum(x, axes)``; over leading axes of a large float array, as a matrix-vector product.
+
+    Summing over leading axes is a column reduction of the row-major storage, which XLA:CPU runs
+    at about 60% of a row reduction's speed (4096 x 4096 float32: ~5.5 ms against ~3.4 ms).
+    Splitting the ``M`` reduced rows into ``c ~ sqrt(M)`` chunks, contracting the chunk axis with
+    ones (a matvec: BLAS-speed, one pass over memory) and summing the ``M / c`` partial rows reads
+    the data once, at row-reduction speed, with two short accumulation chains instead of one of
+    length ``M``. ``HIGHEST`` precision keeps TPUs and GPUs from rounding the operands.
+    """
+    k = len(axes)
+    m = math.prod(x.shape[:k])
+    if (axes != tuple(range(k)) or k == x.ndim or x.dtype not in _MATVEC_DTYPES
+            or m < 512 or _chunks(m) < 16):
+        return jnp.sum(x, axis=axes)
+    c = _chunks(m)
+    rows = lax.dot_general(jnp.ones((c,), x.dtype), x.reshape(c, -1), (((0,), (0,)), ((), ())),
+                           precision=lax.Precision.HIGHEST)
+    return jnp.sum(rows.reshape((m // c,) + x.shape[k:]), axis=0)
+
+
 def _combine(op: str, x: jnp.ndarray, axes: tuple[int, ...], copies: int, correction: float):
     """``op`` over ``axes`` of ``x``, as if every element appeared ``copies`` times."""
     if op == "sum":
-        r = jnp.sum(x, axis=axes)
+        r = _sum(x, axes)
         return r if copies == 1 else r * jnp.asarray(copies, r.dtype)
     if op == "mean":
+        if x.dtype in _MATVEC_DTYPES:
+            return _sum(x, axes) / math.prod(x.shape[a] for a in axes)
         return jnp.mean(x, axis=axes)
     if op == "prod":
         r = jnp.prod(x, axis=axes)
