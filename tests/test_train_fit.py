@@ -19,6 +19,7 @@ from flax import nnx
 from funcdl.train import (
     Checkpointer,
     CheckpointError,
+    CheckpointMismatchError,
     EarlyStopping,
     History,
     LossScale,
@@ -242,6 +243,38 @@ def test_corrupt_checkpoint_is_refused_and_resume_uses_the_previous_one(tmp_path
     # resumed from step 2 (end of epoch 1) and trained epochs 2 and 3 again
     assert np.array_equal(params(resumed)[0], params(full)[0])
     assert np.array_equal(params(resumed)[1], params(full)[1])
+
+
+def test_resuming_with_another_optimizer_is_refused_and_the_checkpoints_stay(tmp_path):
+    data = batches(*regression(32))
+    fit(linear(), SGD, data, mse, epochs=2, progress=False, checkpoint_dir=tmp_path)
+    before = sorted(os.listdir(tmp_path))
+    with pytest.raises(CheckpointMismatchError, match="cannot resume: checkpoint .*different"):
+        fit(linear(), optax.adam(1e-2), data, mse, epochs=3, progress=False,
+            checkpoint_dir=tmp_path, resume=True)
+    assert sorted(os.listdir(tmp_path)) == before  # nothing renamed .corrupt, nothing written
+
+
+class _CrashOnIter:
+    def __iter__(self):
+        raise KeyboardInterrupt("killed during evaluation")
+
+
+def test_resume_after_a_step_checkpoint_on_the_last_batch_keeps_the_epoch_loss(tmp_path):
+    # killed after the epoch's last step checkpoint, before its end-of-epoch one: on resume the
+    # epoch has no batch left, and its train loss must still be the one numpy computes
+    x, y = regression(32)
+    data = batches(x, y)  # 2 batches per epoch
+    with pytest.raises(KeyboardInterrupt):
+        fit(linear(), SGD, data, mse, epochs=2, progress=False, eval_loader=_CrashOnIter(),
+            checkpoint_dir=tmp_path, checkpoint_every=2)
+    model = linear()
+    history = fit(model, SGD, data, mse, epochs=2, progress=False, eval_loader=data[:1],
+                  checkpoint_dir=tmp_path, resume=True)
+    w0, b0 = params(linear())
+    w, b, losses = numpy_sgd(w0, b0, data, 2)
+    np.testing.assert_allclose(history["train_loss"], losses, rtol=1e-5)
+    np.testing.assert_allclose(params(model)[0], w, rtol=1e-5, atol=1e-6)
 
 
 def test_bad_options_are_refused_with_the_valid_names():

@@ -4,7 +4,7 @@
                   eval_loader=eval_loader, checkpoint_dir="ckpt", log_dir="logs")
 """
 
-from .checkpoint import Checkpointer, CheckpointError
+from .checkpoint import Checkpointer, CheckpointError, CheckpointMismatchError
 from .history import History
 from .loop import EarlyStopping, fit
 from .parallel import make_mesh, replicate, shard_batch
@@ -26,6 +26,7 @@ __all__ = [
     "GRAD_MODES",
     "PRECISIONS",
     "CheckpointError",
+    "CheckpointMismatchError",
     "Checkpointer",
     "EarlyStopping",
     "History",

@@ -12,7 +12,8 @@ Arrays are stored as flat dicts of leaves ("000", "001", ...) and put back into 
 structure of a freshly initialised state, so any optax state round-trips; RNG keys are stored as
 their raw uint32 data. A checkpoint whose arrays do not match its checksum, or that cannot be
 read, is refused with ``CheckpointError``; ``restore_latest`` then renames it ``<step>.corrupt``,
-warns, and falls back to the previous one.
+warns, and falls back to the previous one. A sound checkpoint of a different model or optimizer
+raises ``CheckpointMismatchError`` and is left as it is: it is the user's run, not damage.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ FORMAT = 1
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, partial or corrupt."""
+
+
+class CheckpointMismatchError(ValueError):
+    """A sound checkpoint whose arrays do not fit the model and optimizer restoring it."""
 
 
 def _is_key(x: Any) -> bool:
@@ -53,7 +58,7 @@ def flatten(tree: Any) -> dict[str, np.ndarray]:
 def unflatten(flat: dict[str, Any], template: Any) -> Any:
     leaves, treedef = jax.tree.flatten(template)
     if len(flat) != len(leaves):
-        raise CheckpointError(
+        raise CheckpointMismatchError(
             f"checkpoint holds {len(flat)} arrays where the model and optimizer have "
             f"{len(leaves)}; was it written for a different model or optimizer?")
     out = []
@@ -63,7 +68,7 @@ def unflatten(flat: dict[str, Any], template: Any) -> Any:
             out.append(jax.random.wrap_key_data(jnp.asarray(v), impl=jax.random.key_impl(t)))
             continue
         if v.shape != t.shape or v.dtype != t.dtype:
-            raise CheckpointError(
+            raise CheckpointMismatchError(
                 f"checkpoint array {i} has shape {v.shape} {v.dtype}, the model expects "
                 f"{t.shape} {t.dtype}; was it written for a different model?")
         out.append(jnp.asarray(v))
@@ -137,12 +142,18 @@ class Checkpointer:
                 "with them; delete it or restore an earlier step")
         missing = set(templates) - set(flat)
         if missing:
-            raise CheckpointError(f"checkpoint {path} has no {sorted(missing)}")
-        return {k: unflatten(flat[k], templates[k]) for k in templates}, meta
+            raise CheckpointMismatchError(
+                f"checkpoint {path} has no {sorted(missing)}; was it written with other "
+                "training options (precision)?")
+        try:
+            return {k: unflatten(flat[k], templates[k]) for k in templates}, meta
+        except CheckpointMismatchError as e:
+            raise CheckpointMismatchError(f"checkpoint {path}: {e}") from None
 
     def restore_latest(self, templates: dict[str, Any]) -> tuple[dict[str, Any], dict] | None:
         """The newest checkpoint that restores cleanly, or None if there is none. A bad one is
-        renamed ``<step>.corrupt`` (so later saves and restores skip it) with a warning."""
+        renamed ``<step>.corrupt`` (so later saves and restores skip it) with a warning; one of a
+        different model or optimizer raises ``CheckpointMismatchError`` and stays untouched."""
         for step in reversed(self.steps()):
             try:
                 return self.restore(step, templates)

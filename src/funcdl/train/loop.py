@@ -22,7 +22,7 @@ import optax
 from flax import nnx
 
 from . import parallel
-from .checkpoint import Checkpointer, to_host
+from .checkpoint import Checkpointer, CheckpointMismatchError, to_host
 from .history import History
 from .progress import ProgressBar
 from .steps import (
@@ -212,18 +212,26 @@ def fit(
     graphdef, state = init_state(model, optimizer, precision=precision)
     history, run = History(), _Run()
     ckpt = Checkpointer(checkpoint_dir, keep) if checkpoint_dir is not None else None
-    restored_sums: dict | None = None
 
     if resume and ckpt is not None:
-        found = ckpt.restore_latest(_checkpoint_arrays(state))
+        try:
+            found = ckpt.restore_latest(_checkpoint_arrays(state))
+        except CheckpointMismatchError as e:
+            ckpt.close()
+            raise CheckpointMismatchError(
+                f"cannot resume: {e}. Resume with the model, optimizer and precision the run "
+                "started with, or start a new run in another checkpoint_dir (these checkpoints "
+                "are left as they are)") from None
         if found is not None:
             arrays, meta = found
             state = state._replace(params=arrays["params"], rest=arrays["rest"],
                                    opt_state=arrays["opt_state"], **arrays["counters"])
             run.epoch, run.batch, run.step = meta["epoch"], meta["batch"], meta["step"]
+            if run.batch:  # mid-epoch: the epoch's running sums go on (even with no batch left)
+                state = state._replace(sums={k: jnp.asarray(v, jnp.float32)
+                                             for k, v in meta["sums"].items()})
             run.epoch_starts = list(meta["epoch_starts"])
             history = History.from_dict(meta["history"])
-            restored_sums = meta["sums"]
             if isinstance(early_stopping, EarlyStopping) and meta.get("early_stopping"):
                 early_stopping.load_state_dict(meta["early_stopping"])
             if scheduler is not None and meta.get("scheduler") is not None:
@@ -283,11 +291,8 @@ def fit(
         for batch in batches:
             if train_names is None:
                 train_names = _aux_names(graphdef, loss_fn, {}, state.params, state.rest, batch)
-                if restored_sums is not None and run.batch > 0:  # resumed mid-epoch
-                    sums = {k: jnp.asarray(v, jnp.float32) for k, v in restored_sums.items()}
-                else:
-                    sums = zero_sums(train_names)
-                state = state._replace(sums=place(sums))
+                if run.batch == 0:  # else resumed mid-epoch: the restored sums go on
+                    state = state._replace(sums=place(zero_sums(train_names)))
             elif run.batch == 0:
                 state = state._replace(sums=place(zero_sums(train_names)))
             state, loss = train_step(state, put(batch))
@@ -337,7 +342,6 @@ def fit(
         bar.end_epoch(run.epoch, run.batch, row)
         run.epoch += 1
         run.batch = 0
-        restored_sums = None
         if log_dir is not None and jax.process_index() == 0:
             history.save(log_dir)
         if ckpt is not None:
