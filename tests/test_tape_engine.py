@@ -417,3 +417,42 @@ def test_graph_text_and_dot(tmp_path):
     if shutil.which("dot") is None:
         with pytest.raises(RuntimeError, match="needs Graphviz"):
             T.render(z, tmp_path / "g.png")
+
+
+def test_retained_non_leaf_grad_accumulates_across_backward_calls_like_torch():
+    a = T.tensor(jnp.ones(2), requires_grad=True)
+    b = T.mul(a, 3.0)
+    b.retain_grad()
+    c = T.sum(T.mul(b, b))
+    c.backward(retain_graph=True)
+    c.backward()
+    ta = torch.ones(2, requires_grad=True)
+    tb = ta * 3.0
+    tb.retain_grad()
+    tc = (tb * tb).sum()
+    tc.backward(retain_graph=True)
+    tc.backward()
+    np.testing.assert_allclose(b.grad.data, tb.grad.numpy())  # [12, 12]
+    np.testing.assert_allclose(a.grad.data, ta.grad.numpy())
+
+
+@pytest.mark.parametrize("op", ["sum", "mean", "amax", "var", "logsumexp"])
+def test_empty_dim_tuple_reduces_every_dim_in_backward_too(op):
+    # torch (and funcdl.ops) read dim=() as "all dims"; the backward rule must agree. The
+    # reference reduces over (0, 1) explicitly: torch's own var(dim=()) backward fails on a shape
+    # check and its logsumexp refuses dim=().
+    x = np.arange(12.0, dtype=np.float32).reshape(3, 4) / 10
+    g = T.grad(lambda x: getattr(T, op)(x, dim=()))(jnp.asarray(x))
+    t = torch.tensor(x, requires_grad=True)
+    getattr(torch, op)(t, dim=(0, 1)).backward()
+    np.testing.assert_allclose(g, t.grad.numpy(), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.filterwarnings("ignore:var\\(\\): degrees of freedom:UserWarning")  # torch's
+def test_var_gradient_with_nothing_left_after_correction_is_nan_like_torch():
+    x = jnp.arange(4.0).reshape(1, 4)
+    g = T.grad(lambda x: T.sum(T.var(x, dim=0)))(x)  # one row, correction 1: 0/0
+    t = torch.tensor(np.asarray(x), requires_grad=True)
+    torch.var(t, dim=0).sum().backward()
+    np.testing.assert_array_equal(np.isnan(g), np.isnan(t.grad.numpy()))
+    assert np.isnan(g).all()

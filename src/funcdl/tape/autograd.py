@@ -90,7 +90,7 @@ def _propagate(order: Iterable[Node], seeds: dict[Node, Any], *, create_graph: b
             if out is not None and (id(out) in keep or out._retains_grad):
                 kept[id(out)] = g
                 if out._retains_grad:
-                    out.grad = g if isinstance(g, Tensor) else Tensor(g)
+                    _accumulate(out, g, create_graph)
             inputs = node.inputs
             for x, v in zip(inputs, node.versions):
                 if isinstance(x, Tensor) and x._version != v:
@@ -182,15 +182,21 @@ def backward(t: Tensor, gradient: Any = None, *, retain_graph: bool | None = Non
         leaf = targets.get(key)
         if leaf is None or (only is not None and key not in only):
             continue
-        g = g if isinstance(g, Tensor) else Tensor(g)
-        if leaf.grad is None:
-            leaf.grad = g
-        elif create_graph:
-            from funcdl.tape.functions import add
+        _accumulate(leaf, g, create_graph)
 
-            leaf.grad = add(leaf.grad, g)
-        else:
-            leaf.grad = Tensor(leaf.grad.data + g.data)
+
+def _accumulate(t: Tensor, g: Any, create_graph: bool) -> None:
+    """``t.grad += g`` as PyTorch does for leaves and retained non-leaves (``AccumulateGrad``);
+    recorded on the tape under ``create_graph``."""
+    g = g if isinstance(g, Tensor) else Tensor(g)
+    if t.grad is None:
+        t.grad = g
+    elif create_graph:
+        from funcdl.tape.functions import add
+
+        t.grad = add(t.grad, g)
+    else:
+        t.grad = Tensor(t.grad.data + g.data)
 
 
 def tape_gradient(tape: Tape, target: Any, sources: Sequence[Tensor], *,

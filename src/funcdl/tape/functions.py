@@ -64,7 +64,8 @@ def _dim(d: int, ndim: int) -> int:
 
 
 def _dims(dim: int | Sequence[int] | None, ndim: int) -> tuple[int, ...]:
-    if dim is None:
+    """The reduced dims, as ``funcdl.ops`` reads them: None and ``()`` mean all (torch's rule)."""
+    if dim is None or (not isinstance(dim, int | np.integer) and len(dim) == 0):
         return tuple(range(ndim))
     if isinstance(dim, int | np.integer):
         dim = (dim,)
@@ -527,7 +528,9 @@ def var(x: Any, dim: int | Sequence[int] | None = None, keepdim: bool = False, *
 
     def rule(g: Any, z: Any, x: Any) -> Any:
         centred = sub(x, mean(x, dims, keepdim=True))
-        return mul(_unreduce(g, shape, dims, keepdim), mul(centred, 2.0 / (n - correction)))
+        # n == correction divides by zero: inf, so the gradient is inf/nan as in torch
+        scale = 2.0 / (n - correction) if n != correction else math.inf
+        return mul(_unreduce(g, shape, dims, keepdim), mul(centred, scale))
 
     return apply("VarBackward0",
                  lambda x: _ops().var(x, dim=dim, keepdim=keepdim, correction=correction),
