@@ -56,10 +56,10 @@ def _sum(x: jnp.ndarray, axes: tuple[int, ...]) -> jnp.ndarray:
     """
     k = len(axes)
     m = math.prod(x.shape[:k])
-    if (axes != tuple(range(k)) or k == x.ndim or x.dtype not in _MATVEC_DTYPES
-            or m < 512 or _chunks(m) < 16):
+    leading = axes == tuple(range(k)) and k < x.ndim and x.dtype in _MATVEC_DTYPES
+    c = _chunks(m) if leading and m >= 512 else 1
+    if c < 16:
         return jnp.sum(x, axis=axes)
-    c = _chunks(m)
     rows = lax.dot_general(jnp.ones((c,), x.dtype), x.reshape(c, -1), (((0,), (0,)), ((), ())),
                            precision=lax.Precision.HIGHEST)
     return jnp.sum(rows.reshape((m // c,) + x.shape[k:]), axis=0)
