@@ -17,6 +17,7 @@ from flax import nnx
 
 from funcdl import tape as F
 from funcdl.layers.basic import Dropout, Linear, check_positive, value
+from funcdl.layers.counterpart import Example, Transposed, sample, torch_layer
 
 __all__ = ["scaled_dot_product_attention", "AttentionHead", "MultiHeadAttention", "causal_mask"]
 
@@ -152,6 +153,7 @@ def scaled_dot_product_attention(q, k, v, *, attn_mask=None, key_padding_mask=No
     return F.matmul(weights, v)
 
 
+@torch_layer(None)
 class AttentionHead(nnx.Module):
     """The slides' single head: ``q``, ``k``, ``v`` projections ``embed_dim -> head_dim``, then
     scaled dot-product attention. ``head(x)`` is self-attention, ``head(x, kv)`` cross-attention."""
@@ -170,6 +172,15 @@ class AttentionHead(nnx.Module):
             key_padding_mask=key_padding_mask, is_causal=is_causal)
 
 
+@torch_layer(
+    "torch.nn.MultiheadAttention",
+    keys=lambda m: {"in_proj_weight": Transposed(m.in_proj.w), "in_proj_bias": m.in_proj.b,
+                    "out_proj": m.out_proj},
+    example=lambda torch: Example(
+        MultiHeadAttention(8, 2, rngs=nnx.Rngs(0)),
+        torch.nn.MultiheadAttention(8, 2, batch_first=True), sample(2, 3, 8),
+        call=lambda t, x: t(x, x, x, need_weights=False)[0]),
+)
 class MultiHeadAttention(nnx.Module):
     """Multi-head attention with one fused projection for q, k and v.
 

@@ -18,6 +18,7 @@ import numpy as np
 from flax import nnx
 
 from funcdl import tape as F
+from funcdl.layers.counterpart import Example, Transposed, sample, torch_layer
 
 __all__ = [
     "Linear",
@@ -87,6 +88,12 @@ def _normal(key: jax.Array, shape: tuple[int, ...], dtype) -> jax.Array:
     return jax.random.normal(key, shape, dtype)
 
 
+@torch_layer(
+    "torch.nn.Linear",
+    keys=lambda m: {"weight": Transposed(m.w), "bias": m.b},
+    example=lambda torch: Example(Linear(3, 2, rngs=nnx.Rngs(0)), torch.nn.Linear(3, 2),
+                                  sample(4, 3)),
+)
 class Linear(nnx.Module):
     """The slides' ``LinearLayer``: ``y = x @ w + b``, ``w`` stored ``[in_features, out_features]``.
 
@@ -121,6 +128,12 @@ class Linear(nnx.Module):
         return F.reshape(y, lead + (self.out_features,)) if len(lead) > 1 else y
 
 
+@torch_layer(
+    "torch.nn.Embedding",
+    keys=lambda m: {"weight": m.weight},
+    example=lambda torch: Example(Embedding(5, 3, rngs=nnx.Rngs(0)), torch.nn.Embedding(5, 3),
+                                  np.array([[0, 4, 2], [1, 1, 3]])),
+)
 class Embedding(nnx.Module):
     """A trainable lookup table, ``weight[num_embeddings, embedding_dim]``, initialised N(0, 1)
     like ``nn.Embedding``; ``emb(ids)`` returns ``weight[ids]``."""
@@ -163,6 +176,13 @@ def sinusoidal_table(length: int, dim: int, dtype=jnp.float32) -> jax.Array:
     return jnp.asarray(table, dtype)
 
 
+@torch_layer(
+    "torch.nn.Embedding",  # of positions: funcdl adds the table's first T rows to its input
+    keys=lambda m: {"weight": m.weight},  # None when sinusoidal
+    example=lambda torch: Example(
+        PositionalEmbedding(6, 4, rngs=nnx.Rngs(0)), torch.nn.Embedding(6, 4), sample(2, 5, 4),
+        call=lambda t, x: x + t(torch.arange(x.shape[-2]))),
+)
 class PositionalEmbedding(nnx.Module):
     """Adds a position code to ``x`` of shape ``(B, T, D)``: ``x + P[arange(T)]``.
 
@@ -201,6 +221,11 @@ class PositionalEmbedding(nnx.Module):
         return F.add(x, F.getitem(value(self.weight), slice(0, t)))
 
 
+@torch_layer(
+    "torch.nn.LayerNorm",
+    keys=lambda m: {"weight": m.weight, "bias": m.bias},
+    example=lambda torch: Example(LayerNorm(4), torch.nn.LayerNorm(4), sample(3, 4)),
+)
 class LayerNorm(nnx.Module):
     """``nn.LayerNorm(normalized_shape)`` over the last dimension: ``weight`` ones, ``bias`` zeros,
     biased variance, ``eps`` inside the square root."""
@@ -218,6 +243,11 @@ class LayerNorm(nnx.Module):
                             self.eps)
 
 
+@torch_layer(
+    "torch.nn.Dropout",
+    keys=lambda m: {},
+    example=lambda torch: Example(Dropout(0.5), torch.nn.Dropout(0.5), sample(3, 4)),
+)
 class Dropout(nnx.Module):
     """Inverted dropout with its own key stream (forked from ``rngs['dropout']``, which falls back
     to ``rngs``' default stream).
@@ -248,6 +278,14 @@ class Dropout(nnx.Module):
         return F.dropout(x, self.rate, key=key, training=True)
 
 
+@torch_layer(
+    "torch.nn.Sequential",  # (Linear, activation, Linear, ..., Linear): Linears at even indices
+    keys=lambda m: {str(2 * i): layer for i, layer in enumerate(m.layers)},
+    example=lambda torch: Example(
+        MLP((4, 3, 2), rngs=nnx.Rngs(0)),
+        torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2)),
+        sample(5, 4)),
+)
 class MLP(nnx.Module):
     """The slides' fully connected network (default 784-100-50-20-1): ``Linear`` layers with
     ``activation`` between them and none after the last (it returns logits)."""

@@ -1,21 +1,9 @@
 """Load PyTorch ``state_dict``s into funcdl modules (and write them back out), by PyTorch's names.
 
-Each module maps to the keys its ``torch.nn`` counterpart uses:
-
-==========================  ============================================================
-funcdl                      PyTorch keys (layout)
-==========================  ============================================================
-Linear                      ``weight`` [out, in] (transposed into ``w`` [in, out]), ``bias``
-Embedding                   ``weight`` (nn.Embedding)
-PositionalEmbedding         ``weight`` (an nn.Embedding(max_len, D)); none when sinusoidal
-LayerNorm                   ``weight``, ``bias`` (nn.LayerNorm)
-MultiHeadAttention          ``in_proj_weight`` [3D, D], ``in_proj_bias``, ``out_proj.weight/bias``
-TransformerEncoderLayer     ``self_attn.*``, ``linear1.*``, ``linear2.*``, ``norm1.*``, ``norm2.*``
-TransformerEncoder          ``layers.N.*`` (rows of the stacked parameters), ``norm.*`` if final
-MLP                         ``0.*``, ``2.*``, ... (an nn.Sequential of Linear and activation)
-MLMHead                     ``dense.*``, ``norm.*``, ``decoder.weight/bias`` (tied: ``bias``)
-any other nnx.Module        its children under their attribute names (``embedding.weight``, ...)
-==========================  ============================================================
+Each layer declares its torch keys beside itself (``funcdl.layers.counterpart``): ``Linear``'s
+``weight`` is its ``w`` transposed, ``TransformerEncoder``'s ``layers.N.*`` are row N of its
+stacked parameters, and so on. Any other ``nnx.Module`` (a user's model) maps its children
+under their attribute names (``embedding.weight``, ``blocks.0.linear1.bias``, ...).
 
 PyTorch is never imported: values may be torch tensors (anything with ``.detach()``) or arrays.
 """
@@ -30,9 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from funcdl.layers.attention import MultiHeadAttention
-from funcdl.layers.basic import MLP, Dropout, Embedding, LayerNorm, Linear, PositionalEmbedding
-from funcdl.layers.transformer import MLMHead, TransformerEncoder, TransformerEncoderLayer
+from funcdl.layers.counterpart import Row, Transposed, declaration
 
 __all__ = ["load_torch_state_dict", "to_torch_state_dict", "torch_state_dict_keys",
            "IncompatibleKeys"]
@@ -51,7 +37,7 @@ class _Slot:
 
     var: nnx.Variable
     transpose: bool = False
-    index: int | None = None  # layer row of a TransformerEncoder's stacked parameter
+    index: int | None = None  # the row of a stacked parameter (a declared ``Row``)
 
     def torch_shape(self) -> tuple[int, ...]:
         shape = tuple(self.var.get_value().shape)
@@ -66,69 +52,45 @@ class _Slot:
         return a.T if self.transpose else a
 
 
+def _children(m: nnx.Module) -> dict[str, Any]:
+    """An undeclared module's keys: its parameters and child modules by attribute name."""
+    out = {}
+    for name, child in vars(m).items():
+        if isinstance(child, nnx.List):  # a Module itself, but torch numbers its items
+            out |= {f"{name}.{i}": c for i, c in enumerate(child)}
+        elif isinstance(child, (nnx.Param, nnx.Module)):
+            out[name] = child
+    return out
+
+
 def _slots(m: Any, prefix: str = "", index: int | None = None) -> dict[str, _Slot]:
-    """PyTorch key -> slot for every parameter of ``m``."""
+    """PyTorch key -> slot for every parameter of module ``m``, through its declaration."""
+    if not isinstance(m, nnx.Module):
+        raise TypeError(f"expected an nnx.Module, got {type(m).__name__}")
+    decl = declaration(type(m))
+    keys = decl.keys(m) if decl is not None and decl.keys is not None else _children(m)
+    out = {}
+    for key, target in keys.items():
+        out |= _place(prefix + key, target, index)
+    return out
 
-    def slot(var, transpose=False):
-        return _Slot(var, transpose, index)
 
-    def sub(child, name):
-        return _slots(child, prefix + name, index)
-
-    if isinstance(m, Linear):
-        out = {prefix + "weight": slot(m.w, transpose=True)}
-        if m.b is not None:
-            out[prefix + "bias"] = slot(m.b)
-        return out
-    if isinstance(m, (Embedding, LayerNorm, PositionalEmbedding)):
-        out = {}
-        if getattr(m, "weight", None) is not None:
-            out[prefix + "weight"] = slot(m.weight)
-        if getattr(m, "bias", None) is not None:
-            out[prefix + "bias"] = slot(m.bias)
-        return out
-    if isinstance(m, Dropout):
-        return {}
-    if isinstance(m, MultiHeadAttention):
-        out = {prefix + "in_proj_weight": slot(m.in_proj.w, transpose=True)}
-        if m.in_proj.b is not None:
-            out[prefix + "in_proj_bias"] = slot(m.in_proj.b)
-        return out | sub(m.out_proj, "out_proj.")
-    if isinstance(m, TransformerEncoderLayer):
-        return (sub(m.attention, "self_attn.") | sub(m.feed_forward.linear1, "linear1.")
-                | sub(m.feed_forward.linear2, "linear2.") | sub(m.norm1, "norm1.")
-                | sub(m.norm2, "norm2."))
-    if isinstance(m, TransformerEncoder):
+def _place(key: str, target: Any, index: int | None) -> dict[str, _Slot]:
+    """The slots behind one declared key (see ``counterpart`` for what a target may be)."""
+    if isinstance(target, Transposed):
+        return {key: _Slot(target.var, True, index)}
+    if isinstance(target, nnx.Variable):
+        return {key: _Slot(target, False, index)}
+    if isinstance(target, Row):
         if index is not None:
-            raise TypeError("a TransformerEncoder inside a stacked TransformerEncoder")
-        out = {}
-        for i in range(m.num_layers):
-            out |= _slots(m.layers, f"{prefix}layers.{i}.", i)
-        if m.norm is not None:
-            out |= sub(m.norm, "norm.")
-        return out
-    if isinstance(m, MLP):
-        out = {}
-        for i, layer in enumerate(m.layers):
-            out |= sub(layer, f"{2 * i}.")  # nn.Sequential(Linear, act, Linear, act, ..., Linear)
-        return out
-    if isinstance(m, MLMHead):
-        out = sub(m.dense, "dense.") | sub(m.norm, "norm.")
-        if m.decoder is not None:
-            return out | sub(m.decoder, "decoder.")
-        return out | {prefix + "decoder.bias": slot(m.bias)}  # weight: the tied embedding's
-    if isinstance(m, nnx.Module):
-        out = {}
-        for name, child in vars(m).items():
-            if isinstance(child, nnx.Param):
-                out[prefix + name] = slot(child)
-            elif isinstance(child, nnx.List):
-                for i, c in enumerate(child):
-                    out |= sub(c, f"{name}.{i}.")
-            elif isinstance(child, nnx.Module):
-                out |= sub(child, name + ".")
-        return out
-    return {}
+            raise TypeError(f"{key}: a stacked module inside a stacked module")
+        return _slots(target.module, key + ".", target.index)
+    if isinstance(target, nnx.Module):
+        return _slots(target, key + ".", index)
+    if target is None:  # an absent optional tensor: a bias, a tied decoder
+        return {}
+    raise TypeError(f"{key}: a declared key maps to a {type(target).__name__}; expected a "
+                    "Variable, Transposed, Row, module or None")
 
 
 def torch_state_dict_keys(module: nnx.Module) -> list[str]:

@@ -23,6 +23,7 @@ from funcdl.layers.basic import (
     check_rate,
     value,
 )
+from funcdl.layers.counterpart import Example, Row, sample, torch_layer
 
 __all__ = [
     "FeedForward",
@@ -33,6 +34,7 @@ __all__ = [
 ]
 
 
+@torch_layer(None)  # torch inlines it: see TransformerEncoderLayer's keys
 class FeedForward(nnx.Module):
     """Position-wise feed-forward block: ``linear2(dropout(activation(linear1(x))))``.
 
@@ -54,6 +56,16 @@ class FeedForward(nnx.Module):
         return self.linear2(self.dropout(activation_fn(self.activation)(self.linear1(x))))
 
 
+@torch_layer(
+    "torch.nn.TransformerEncoderLayer",
+    keys=lambda m: {"self_attn": m.attention, "linear1": m.feed_forward.linear1,
+                    "linear2": m.feed_forward.linear2, "norm1": m.norm1, "norm2": m.norm2},
+    example=lambda torch: Example(
+        TransformerEncoderLayer(8, 2, 16, rngs=nnx.Rngs(0)),
+        torch.nn.TransformerEncoderLayer(8, 2, 16, activation="gelu", batch_first=True,
+                                         norm_first=True),
+        sample(2, 3, 8)),
+)
 class TransformerEncoderLayer(nnx.Module):
     """Self-attention and feed-forward, each with a residual connection and a LayerNorm.
 
@@ -103,6 +115,18 @@ def _index_layer(state, i: int):
     return jax.tree.map(lambda a: F.getitem(a, i) if _is_tape_tensor(a) else a[i], state)
 
 
+@torch_layer(
+    "torch.nn.TransformerEncoder",
+    keys=lambda m: {**{f"layers.{i}": Row(m.layers, i) for i in range(m.num_layers)},
+                    "norm": m.norm},
+    example=lambda torch: Example(
+        TransformerEncoder(2, 8, 2, 16, final_norm=True, rngs=nnx.Rngs(0)),
+        torch.nn.TransformerEncoder(
+            torch.nn.TransformerEncoderLayer(8, 2, 16, activation="gelu", batch_first=True,
+                                             norm_first=True),
+            2, norm=torch.nn.LayerNorm(8), enable_nested_tensor=False),
+        sample(2, 3, 8)),
+)
 class TransformerEncoder(nnx.Module):
     """``num_layers`` identical ``TransformerEncoderLayer``s with stacked parameters.
 
@@ -161,6 +185,7 @@ class TransformerEncoder(nnx.Module):
         return x if self.norm is None else self.norm(x)
 
 
+@torch_layer(None)
 class TransformerClassifier(nnx.Module):
     """The seed notebook's sequence classifier: token embedding + position embedding, a
     Transformer encoder, an aggregation over positions, and an MLP decoder.
@@ -236,6 +261,11 @@ class TransformerClassifier(nnx.Module):
         return out
 
 
+@torch_layer(
+    None,  # BERT's head; tied, the decoder weight is the embedding's and only its bias is ours
+    keys=lambda m: {"dense": m.dense, "norm": m.norm, "decoder": m.decoder,
+                    "decoder.bias": m.bias},
+)
 class MLMHead(nnx.Module):
     """BERT's masked-language-model head on encoder output ``(B, T, D)`` -> logits ``(B, T, V)``:
     ``dense`` (D -> D), ``activation``, ``norm``, then the decoder to the vocabulary.
