@@ -50,7 +50,8 @@ def test_declared_counterparts_are_real_torch_classes_with_an_example():
     assert {c.__name__ for c in PAIRED} >= {"Linear", "MultiHeadAttention", "TransformerEncoder"}
     for cls in PAIRED:
         decl = declaration(cls)
-        assert decl.keys is not None and decl.example is not None, cls.__name__
+        assert decl.keys is not None and decl.example is not None, (
+            f"{cls.__name__}: a torch counterpart needs keys= and example= in its declaration")
         ex = decl.example(torch)
         assert type(ex.module) is cls
         assert type(ex.torch_module) is _torch_class(decl.torch), cls.__name__
