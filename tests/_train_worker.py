@@ -60,7 +60,7 @@ def optimizer():
 
 
 def params_of(model) -> dict[str, np.ndarray]:
-    from funcdl.train.checkpoint import to_host
+    from funcdl.devices import to_host
 
     flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
     return {"/".join(map(str, k)): to_host(v.get_value()) for k, v in flat}

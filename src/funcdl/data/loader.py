@@ -346,9 +346,9 @@ class DataLoader:
             on it when it has one, so it can be seeded per epoch too).
         batch_sampler: an iterable of index lists (e.g. ``BucketBatchSampler``); mutually
             exclusive with ``batch_size``, ``shuffle``, ``sampler`` and ``drop_last``.
-        device / sharding: place each batch with ``jax.device_put`` (numpy leaves only). With
-            ``process_count > 1`` and a sharding, the per-process batches are assembled into one
-            global array with ``jax.make_array_from_process_local_data``.
+        device / sharding: place each batch there (numpy leaves only, ``funcdl.devices.place``).
+            With ``process_count > 1`` and a sharding, the per-process batches are assembled into
+            one global array (``jax.make_array_from_process_local_data``).
         process_index, process_count: this process's share of each epoch (every
             ``process_count``-th index of the global order, padded by wrap-around to equal
             shares unless ``drop_last``). Pass ``jax.process_index()``/``jax.process_count()``.
@@ -561,14 +561,18 @@ class DataLoader:
     def _place(self, batch: Any) -> Any:
         if self.device is None and self.sharding is None:
             return batch
+        # imported here, not above: worker processes import this module and start without JAX
         import jax
+
+        from funcdl.devices import place
+
+        target = self.sharding if self.sharding is not None else self.device
+        process_local = self.sharding is not None and self.process_count > 1
 
         def put(x: Any) -> Any:
             if not isinstance(x, np.ndarray | np.generic):
                 return x
-            if self.sharding is not None and self.process_count > 1:
-                return jax.make_array_from_process_local_data(self.sharding, np.asarray(x))
-            return jax.device_put(x, self.sharding if self.sharding is not None else self.device)
+            return place(x, target, process_local=process_local)
 
         return jax.tree.map(put, batch)
 

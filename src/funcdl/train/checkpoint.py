@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from funcdl.devices import is_key, to_host
+
 FORMAT = 1
 
 
@@ -36,19 +38,6 @@ class CheckpointError(RuntimeError):
 
 class CheckpointMismatchError(ValueError):
     """A sound checkpoint whose arrays do not fit the model and optimizer restoring it."""
-
-
-def _is_key(x: Any) -> bool:
-    return isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
-
-
-def to_host(x: Any) -> np.ndarray:
-    """A numpy copy of an array (replicated arrays of a multi-process run included)."""
-    if _is_key(x):
-        x = jax.random.key_data(x)
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        x = x.addressable_shards[0].data  # replicated: every shard holds the whole value
-    return np.asarray(jax.device_get(x))
 
 
 def flatten(tree: Any) -> dict[str, np.ndarray]:
@@ -64,7 +53,7 @@ def unflatten(flat: dict[str, Any], template: Any) -> Any:
     out = []
     for i, t in enumerate(leaves):
         v = np.asarray(flat[f"{i:03d}"])
-        if _is_key(t):
+        if is_key(t):
             out.append(jax.random.wrap_key_data(jnp.asarray(v), impl=jax.random.key_impl(t)))
             continue
         if v.shape != t.shape or v.dtype != t.dtype:

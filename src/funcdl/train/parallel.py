@@ -2,19 +2,20 @@
 
 Works the same with one process (several local devices) and with several processes started by
 ``jax.distributed.initialize``: every process reads the same global batch from its loader and
-``jax.make_array_from_callback`` hands each device its own rows, so a run's numbers do not depend
+each device takes its own rows of it (``funcdl.devices.place``), so a run's numbers do not depend
 on how many devices or processes share it (up to the order of the gradient all-reduce).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from .checkpoint import _is_key
+from funcdl.devices import place
 
 AXIS = "data"
 
@@ -34,18 +35,14 @@ def make_mesh(mesh: Mesh | str | None) -> Mesh | None:
     return mesh
 
 
-def _place(x: Any, sharding: NamedSharding) -> jax.Array:
-    if _is_key(x):
-        impl = jax.random.key_impl(x)
-        return jax.random.wrap_key_data(_place(jax.random.key_data(x), sharding), impl=impl)
-    host = np.asarray(jax.device_get(x)) if not isinstance(x, np.ndarray) else x
-    return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+def replicated_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """Every array of ``tree`` copied whole onto every device of ``mesh``."""
-    sharding = NamedSharding(mesh, PartitionSpec())
-    return jax.tree.map(lambda x: _place(x, sharding), tree)
+    sharding = replicated_sharding(mesh)
+    return jax.tree.map(lambda x: place(x, sharding), tree)
 
 
 def shard_batch(batch: Any, mesh: Mesh) -> Any:
@@ -54,23 +51,33 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
     sharding = NamedSharding(mesh, PartitionSpec(AXIS))
 
     def put(x):
-        x = np.asarray(x)
-        if x.shape[0] % n:
+        rows = np.shape(x)[0]
+        if rows % n:
             raise ValueError(
-                f"a batch of {x.shape[0]} rows cannot be split evenly over {n} devices; use a "
+                f"a batch of {rows} rows cannot be split evenly over {n} devices; use a "
                 f"batch size divisible by {n} (and drop_last=True in the DataLoader)")
-        return _place(x, sharding)
+        return place(x, sharding)
 
     return jax.tree.map(put, batch)
 
 
-def replicated_sharding(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, PartitionSpec())
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Where ``fit`` keeps its arrays: without a mesh, where JAX puts them; with one, batches
+    split over its 'data' axis and everything else replicated."""
+
+    mesh: Mesh | None = None
+
+    def batch(self, batch: Any) -> Any:
+        return batch if self.mesh is None else shard_batch(batch, self.mesh)
+
+    def replicate(self, tree: Any) -> Any:
+        return tree if self.mesh is None else replicate(tree, self.mesh)
+
+    @property
+    def jit_kwargs(self) -> dict[str, Any]:
+        """What the jitted steps need to return replicated outputs."""
+        return {} if self.mesh is None else {"out_shardings": replicated_sharding(self.mesh)}
 
 
-def is_fully_replicated(tree: Any) -> bool:
-    return all(getattr(x, "sharding", None) is None or x.sharding.is_fully_replicated
-               for x in jax.tree.leaves(tree))
-
-
-__all__ = ["AXIS", "make_mesh", "replicate", "shard_batch", "replicated_sharding"]
+__all__ = ["AXIS", "Placement", "make_mesh", "replicate", "replicated_sharding", "shard_batch"]
