@@ -336,3 +336,35 @@ def test_progress_writes_one_line_per_epoch_to_stderr_when_not_a_terminal(capsys
     err = capsys.readouterr().err.splitlines()
     assert [line.split(" [")[0] for line in err] == ["epoch 1/2", "epoch 2/2"]
     assert f"train_loss {h['train_loss'][1]:.4g}" in err[1] and "samples_per_s" in err[1]
+
+
+def test_aux_and_metrics_must_be_scalars_with_their_own_names():
+    data = batches(*regression(16))
+
+    def with_aux(aux):
+        return lambda m, b: (mse(m, b), aux(m, b))
+
+    with pytest.raises(TypeError, match=r"aux and metrics must be scalars; \['rows'\] are not"):
+        fit(linear(), SGD, data, with_aux(lambda m, b: {"rows": m(b[0])[:, 0]}), epochs=1,
+            progress=False)
+    with pytest.raises(ValueError, match=r"aux and metrics may not be named \['n'\]"):
+        fit(linear(), SGD, data, with_aux(lambda m, b: {"n": jnp.float32(1)}), epochs=1,
+            progress=False)
+    with pytest.raises(ValueError, match=r"aux and metrics may not be named \['loss'\]"):
+        fit(linear(), SGD, data, mse, epochs=1, progress=False, eval_loader=data,
+            metrics={"loss": mse})
+
+
+def test_history_lr_is_the_injected_lr_and_none_without_one():
+    from funcdl.optim import sgd
+
+    data = batches(*regression(16))
+    assert fit(linear(), sgd(lr=0.05), data, mse, epochs=1, progress=False)["lr"] == [0.05]
+    assert fit(linear(), SGD, data, mse, epochs=1, progress=False)["lr"] == [None]  # plain optax
+    two = optax.chain(sgd(lr=0.05), sgd(lr=0.01))  # no single lr to report
+    assert fit(linear(), two, data, mse, epochs=1, progress=False)["lr"] == [None]
+    with pytest.raises(TypeError, match=r"the scheduler \(object\) has no state_dict\(\)"):
+        fit(linear(), SGD, data, mse, epochs=1, eval_loader=data, scheduler=object(),
+            checkpoint_dir="unused")
+    with pytest.raises(ValueError, match="patience must be an int >= 1, got True"):
+        fit(linear(), SGD, data, mse, epochs=1, eval_loader=data, early_stopping=True)

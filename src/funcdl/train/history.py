@@ -26,6 +26,10 @@ class History:
     opt_state: Any = dataclasses.field(default=None, repr=False, compare=False)
 
     def append(self, row: dict[str, Any]) -> None:
+        """Add one epoch's row; an ``eval_loss`` below the best so far makes it the best."""
+        loss = row.get("eval_loss")
+        if loss is not None and (self.best_eval_loss is None or loss < self.best_eval_loss):
+            self.best_epoch, self.best_eval_loss = row["epoch"], loss
         self.rows.append(dict(row))
 
     def __getitem__(self, key: str) -> list[Any]:

@@ -8,10 +8,16 @@ shape and the state's buffers are donated, so XLA updates them in place.
 Non-finite losses never reach the parameters: a step whose loss (or gradients) is not finite keeps
 the previous state and records its index in ``bad_step``; every later step is a no-op. The host
 reads ``bad_step`` whenever it syncs and raises then (see ``funcdl.train.loop``).
+
+Each step also returns the batch's *sums*: ``{"loss": loss * n, "n": n, <aux name>: value * n}``
+for a batch of ``n`` rows. Added up over an epoch (``add_sums``) and divided by ``"n"`` they give
+the epoch's means. The names are whatever ``loss_fn`` returns as aux (and the eval ``metrics``):
+the host learns them from the first step's output, so nothing is traced twice.
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -42,7 +48,6 @@ class TrainState(NamedTuple):
     step: jax.Array  # int32: batches processed so far
     bad_step: jax.Array  # int32: first step with a non-finite loss or gradient, -1 if none
     loss_scale: LossScale  # scale 1.0 and never updated unless precision == "fp16"
-    sums: dict  # running sums since the host last reset them: "loss", "n", one per aux entry
 
 
 def check_grad_mode(grad: str) -> str:
@@ -97,7 +102,7 @@ def update_loss_scale(ls: LossScale, found_inf: jax.Array, *, growth_factor: flo
 
 
 def init_state(model: nnx.Module, optimizer: optax.GradientTransformation, *,
-               precision: str = "fp32", aux_names: tuple[str, ...] = ()) -> tuple[Any, TrainState]:
+               precision: str = "fp32") -> tuple[Any, TrainState]:
     """Split ``model`` and build the first ``TrainState``; arrays are copied, so donating the
     state to a step never deletes the buffers the user's module holds."""
     graphdef, params, rest = split_model(model)
@@ -109,7 +114,6 @@ def init_state(model: nnx.Module, optimizer: optax.GradientTransformation, *,
         step=jnp.asarray(0, jnp.int32),
         bad_step=jnp.asarray(-1, jnp.int32),
         loss_scale=init_loss_scale(precision),
-        sums=zero_sums(aux_names),
     ))
     return graphdef, state
 
@@ -127,10 +131,6 @@ def unshare(tree: Any) -> Any:
         return x
 
     return jax.tree.map(once, tree)
-
-
-def zero_sums(names: tuple[str, ...]) -> dict:
-    return {k: jnp.zeros((), jnp.float32) for k in ("loss", "n", *names)}
 
 
 def split_loss(out: Any) -> tuple[jax.Array, dict]:
@@ -176,20 +176,34 @@ def _all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
-def _accumulate(sums: dict, loss: jax.Array, aux: dict, n: int, ok: jax.Array) -> dict:
+def batch_sums(loss: jax.Array, aux: Mapping[str, Any], n: int, ok: jax.Array) -> dict:
+    """A batch of ``n`` rows' share of the epoch sums (all zero unless ``ok``), in float32:
+    ``{"loss": loss * n, "n": n, **{name: value * n}}``. Checks the aux names and shapes while
+    the step is traced."""
+    bad = [k for k, v in aux.items() if jnp.shape(v) != ()]
+    if bad:
+        raise TypeError(f"aux and metrics must be scalars; {bad} are not")
+    reserved = {"loss", "n"} & set(aux)
+    if reserved:
+        raise ValueError(f"aux and metrics may not be named {sorted(reserved)}")
     w = jnp.where(ok, jnp.float32(n), 0.0)
-    out = dict(sums)
-    out["loss"] = sums["loss"] + jnp.where(ok, loss.astype(jnp.float32), 0.0) * w
-    out["n"] = sums["n"] + w
-    for k, v in aux.items():
-        if k in out:
-            out[k] = sums[k] + jnp.where(ok, jnp.asarray(v, jnp.float32), 0.0) * w
-    return out
+
+    def weigh(v):
+        return jnp.where(ok, jnp.asarray(v, jnp.float32), 0.0) * w
+
+    return {"loss": weigh(loss), "n": w, **{k: weigh(v) for k, v in aux.items()}}
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def add_sums(total: dict, batch: dict) -> dict:
+    """``total + batch``, key by key (the running sums of an epoch; ``total`` is donated)."""
+    return jax.tree.map(jnp.add, total, batch)
 
 
 def train_step_fn(graphdef: Any, loss_fn: Callable, optimizer: optax.GradientTransformation, *,
                   grad: str = "jax", precision: str = "fp32") -> Callable:
-    """The pure train step ``(state, batch) -> (state, loss)`` (not jitted)."""
+    """The pure train step ``(state, batch) -> (state, loss, sums)`` (not jitted); ``sums`` are
+    the batch's (see ``batch_sums``)."""
     check_grad_mode(grad)
     check_precision(precision)
     if grad == "tape" and precision != "fp32":
@@ -197,7 +211,7 @@ def train_step_fn(graphdef: Any, loss_fn: Callable, optimizer: optax.GradientTra
     dtype = _COMPUTE_DTYPE[precision]
     value_and_grad = _value_and_grad(grad)
 
-    def step(state: TrainState, batch: Any) -> tuple[TrainState, jax.Array]:
+    def step(state: TrainState, batch: Any) -> tuple[TrainState, jax.Array, dict]:
         def objective(params):
             # fresh Variables for `rest` at this trace level, so NNX lets the model update them
             rest = jax.tree.map(lambda x: x, state.rest)
@@ -233,27 +247,26 @@ def train_step_fn(graphdef: Any, loss_fn: Callable, optimizer: optax.GradientTra
             step=state.step + 1,
             bad_step=jnp.where(healthy & failed, state.step, state.bad_step),
             loss_scale=loss_scale,
-            sums=_accumulate(state.sums, loss, aux, batch_size(batch), healthy & loss_ok),
         )
-        return new, loss
+        return new, loss, batch_sums(loss, aux, batch_size(batch), healthy & loss_ok)
 
     return step
 
 
 def eval_step_fn(graphdef: Any, loss_fn: Callable, metrics: Mapping[str, Callable] | None = None,
                  *, precision: str = "fp32") -> Callable:
-    """The pure eval step ``(params, rest, sums, batch) -> sums`` (not jitted): adds the batch's
-    loss, aux entries and ``metrics[name](model, batch)`` (each weighted by the batch size)."""
+    """The pure eval step ``(params, rest, batch) -> sums`` (not jitted): the batch's sums of
+    the loss, the aux entries and ``metrics[name](model, batch)`` (see ``batch_sums``)."""
     dtype = _COMPUTE_DTYPE[check_precision(precision)]
     metrics = dict(metrics or {})
 
-    def step(params: Any, rest: Any, sums: dict, batch: Any) -> dict:
+    def step(params: Any, rest: Any, batch: Any) -> dict:
         model = nnx.merge(graphdef, _cast_floats(params, dtype), rest)
         b = _cast_floats(batch, dtype)
         loss, aux = split_loss(loss_fn(model, b))
         for name, fn in metrics.items():
             aux[name] = fn(model, b)
-        return _accumulate(sums, loss, aux, batch_size(batch), jnp.asarray(True))
+        return batch_sums(loss, aux, batch_size(batch), jnp.asarray(True))
 
     return step
 
@@ -289,10 +302,6 @@ class CompiledStep:
         self._seen = []
         return self
 
-    @property
-    def jitted(self) -> Callable:
-        return self._fn
-
 
 # Jitted steps by what defines them, so calling ``fit`` again with the same model structure, loss
 # function and optimizer object reuses the compiled code instead of compiling it again.
@@ -316,7 +325,7 @@ def _cached(key: Any, build: Callable[[], CompiledStep]) -> CompiledStep:
 def make_train_step(graphdef: Any, loss_fn: Callable, optimizer: optax.GradientTransformation,
                     *, grad: str = "jax", precision: str = "fp32", **jit_kwargs: Any
                     ) -> CompiledStep:
-    """Jitted ``(state, batch) -> (state, loss)``; the state is donated."""
+    """Jitted ``(state, batch) -> (state, loss, sums)``; the state is donated."""
 
     def build():
         fn = train_step_fn(graphdef, loss_fn, optimizer, grad=grad, precision=precision)
@@ -329,12 +338,11 @@ def make_train_step(graphdef: Any, loss_fn: Callable, optimizer: optax.GradientT
 
 def make_eval_step(graphdef: Any, loss_fn: Callable, metrics: Mapping[str, Callable] | None = None,
                    *, precision: str = "fp32", **jit_kwargs: Any) -> CompiledStep:
-    """Jitted ``(params, rest, sums, batch) -> sums``; the sums are donated."""
+    """Jitted ``(params, rest, batch) -> sums``."""
 
     def build():
         fn = eval_step_fn(graphdef, loss_fn, metrics, precision=precision)
-        return CompiledStep(fn, batch_argnum=3, donate_argnums=(2,), name="eval step",
-                            **jit_kwargs)
+        return CompiledStep(fn, batch_argnum=2, name="eval step", **jit_kwargs)
 
     key = ("eval", graphdef, loss_fn, tuple(sorted((metrics or {}).items())), precision,
            tuple(sorted(jit_kwargs.items())))
