@@ -7,14 +7,12 @@ lower a view to XLA slices (or a gather when the view is no box of its storage).
 """
 
 from funcdl.ops.explain import explain
-from funcdl.ops.lower import lower, plan_slices, plan_stacked, to_array
+from funcdl.ops.lower import contiguous, lower, plan_slices, plan_stacked, reshape, to_array
 from funcdl.ops.reduce import amax, amin, argmax, argmin, logsumexp, mean, prod, sum, var
+from funcdl.ops.shapes import ShapeError, broadcast_shapes, canonical_dim, canonical_dims
 from funcdl.ops.strided import (
     StridedArray,
     as_strided,
-    canonical_dim,
-    canonical_dims,
-    contiguous,
     contiguous_strides,
     expand,
     from_array,
@@ -23,7 +21,6 @@ from funcdl.ops.strided import (
     item,
     narrow,
     permute,
-    reshape,
     select,
     slice,
     squeeze,
@@ -38,4 +35,5 @@ __all__ = [
     "squeeze", "unsqueeze", "view", "reshape", "item", "getitem",
     "sum", "mean", "prod", "amax", "amin", "argmax", "argmin", "logsumexp", "var",
     "explain", "lower", "plan_slices", "plan_stacked", "canonical_dim", "canonical_dims",
+    "broadcast_shapes", "ShapeError",
 ]

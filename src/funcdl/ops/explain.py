@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import sys
 from typing import Any
 
 import jax
 import numpy as np
 
-from funcdl.ops.strided import StridedArray, canonical_dim, from_array
+from funcdl.ops.shapes import canonical_dim
+from funcdl.ops.strided import StridedArray, from_array
 
 _FOLDS = {
     "sum": np.sum, "mean": np.mean, "prod": np.prod, "amax": np.max, "amin": np.min,
@@ -73,5 +75,13 @@ def explain(s: Any, op: str = "sum", dim: int = 0, *, limit: int = 8) -> str:
             lines.append(f"  {op} = {_fmt(result)}")
     if len(combos) > limit:
         lines.append(f"... {len(combos) - limit} more output elements not shown")
-    lines.append("result: [" + ", ".join(_fmt(r) for r in results) + "]")
+    lines.append(_result(results, tuple(s.shape[k] for k in outer)))
     return "\n".join(lines)
+
+
+def _result(results: list, shape: tuple[int, ...]) -> str:
+    """``result: ...``: the walked values (row-major) laid out in the output's shape."""
+    out = np.asarray(results).reshape(shape)
+    return "result: " + np.array2string(out, separator=", ", formatter={"all": _fmt},
+                                        prefix="result: ", threshold=sys.maxsize,
+                                        max_line_width=sys.maxsize)

@@ -18,11 +18,22 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 
 import jax.numpy as jnp
 from jax import lax
 
-from funcdl.ops.strided import StridedArray, _check, select
+from funcdl.ops.shapes import infer_shape
+from funcdl.ops.strided import (
+    StridedArray,
+    _check,
+    _like,
+    _view_strides,
+    from_array,
+    is_contiguous,
+    select,
+    view,
+)
 
 LOWERINGS = ("auto", "slices", "gather")
 
@@ -241,3 +252,24 @@ def to_array(s: StridedArray, *, lowering: str = "auto") -> jnp.ndarray:
     """The view as a dense ``jax.Array`` of shape ``s.shape`` (``lowering``: see :func:`lower`)."""
     arr, dims = lower(s, lowering)
     return place(arr, dims, s.shape)
+
+
+# --------------------------------------------------------------------------- copies
+
+
+def reshape(s: StridedArray, shape: Sequence[int]) -> StridedArray:
+    """A view when the layout allows it, otherwise a contiguous copy with the new shape."""
+    s = _check(s, "reshape")
+    new_shape = infer_shape(shape, s.size)
+    strides = _view_strides(s.shape, s.strides, new_shape)
+    if strides is not None:
+        return _like(s, new_shape, strides)
+    return view(contiguous(s), new_shape)
+
+
+def contiguous(s: StridedArray) -> StridedArray:
+    """``s`` itself when row-major dense with offset 0, else a copy into fresh storage."""
+    s = _check(s, "contiguous")
+    if is_contiguous(s) and s.offset == 0:
+        return s
+    return from_array(to_array(s))

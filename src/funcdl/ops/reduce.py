@@ -19,7 +19,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from funcdl.ops.lower import LOWERINGS, lower, place, real_dims, reduce_box, to_array
-from funcdl.ops.strided import StridedArray, _make, canonical_dim, canonical_dims
+from funcdl.ops.shapes import canonical_dim, canonical_dims
+from funcdl.ops.strided import StridedArray, _make
 
 Dim = int | tuple[int, ...] | None
 

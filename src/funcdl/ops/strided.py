@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import builtins
 import math
-import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,63 +17,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-Shape = tuple[int, ...]
-
+from funcdl.ops.shapes import (
+    ZERO_DIM_INDEX,
+    Shape,
+    ShapeError,
+    as_int,
+    as_ints,
+    canonical_dim,
+    expand_shape,
+    infer_shape,
+    permutation,
+)
 
 # --------------------------------------------------------------------------- checks and helpers
-
-
-def _as_int(v: Any, what: str, pos: int | None = None) -> int:
-    """``v`` as a Python int; bools, floats and other non-integers raise a TypeError."""
-    if not isinstance(v, bool | np.bool_):
-        try:
-            return operator.index(v)
-        except TypeError:
-            pass
-    where = "" if pos is None else f" at pos {pos}"
-    raise TypeError(f"{what} must be an int, but found element of type {type(v).__name__}{where}"
-                    f" (got {v!r}); pass integers")
-
-
-def _as_ints(seq: Any, what: str) -> Shape:
-    """A tuple of Python ints from an int or a sequence of ints (TypeError otherwise)."""
-    if isinstance(seq, int | np.integer) and not isinstance(seq, bool | np.bool_):
-        return (int(seq),)
-    if not isinstance(seq, Sequence | np.ndarray):
-        raise TypeError(f"{what} must be a tuple of ints, but got {type(seq).__name__} ({seq!r})")
-    return tuple(_as_int(v, f"{what}: every element", i) for i, v in enumerate(seq))
-
-
-def canonical_dim(dim: Any, ndim: int) -> int:
-    """``dim`` wrapped into ``[0, ndim)``; a 0-d array accepts -1 and 0, as in PyTorch."""
-    dim = _as_int(dim, "dim")
-    n = max(ndim, 1)
-    if not -n <= dim < n:
-        raise IndexError(
-            f"Dimension out of range (expected to be in range of [{-n}, {n - 1}], but got {dim})")
-    return dim % n
-
-
-def canonical_dims(dim: Any, ndim: int) -> tuple[int, ...]:
-    """``None``, an int or a tuple of ints as a sorted tuple of non-negative dims.
-
-    ``None`` and ``()`` mean every dim (``torch.sum(x, dim=())`` reduces everything too). A 0-d
-    array has no dims to reduce, so it gives ``()`` whatever valid dim was asked.
-    """
-    if dim is None:
-        return tuple(range(ndim))
-    dims = (dim,) if isinstance(dim, int | np.integer) and not isinstance(dim, bool) else dim
-    if not isinstance(dims, Sequence):
-        raise TypeError(f"dim must be None, an int or a tuple of ints, not {type(dim).__name__}")
-    if len(dims) == 0:
-        return tuple(range(ndim))
-    out: list[int] = []
-    for d in dims:
-        c = canonical_dim(d, ndim)
-        if c in out:
-            raise ValueError(f"dim {c} appears multiple times in the list of dims")
-        out.append(c)
-    return tuple(sorted(out)) if ndim else ()
 
 
 def contiguous_strides(shape: Sequence[int]) -> Shape:
@@ -89,21 +44,21 @@ def contiguous_strides(shape: Sequence[int]) -> Shape:
 def _check_layout(storage_size: int, shape: Shape, strides: Shape, offset: int) -> None:
     """Raise unless every element of the layout lies inside a storage of ``storage_size``."""
     if len(shape) != len(strides):
-        raise ValueError(f"mismatch in length of strides and shape: shape has {len(shape)} "
+        raise ShapeError(f"mismatch in length of strides and shape: shape has {len(shape)} "
                          f"dims, strides has {len(strides)}")
     if any(n < 0 for n in shape):
-        raise ValueError(f"Trying to create tensor with negative dimension "
+        raise ShapeError(f"Trying to create tensor with negative dimension "
                          f"{min(shape)}: {list(shape)}")
     if any(s < 0 for s in strides):
-        raise ValueError(f"as_strided: Negative strides are not supported at the moment, got "
+        raise ShapeError(f"as_strided: Negative strides are not supported at the moment, got "
                          f"strides: {list(strides)}")
     if offset < 0:
-        raise ValueError(f"Tensor: invalid storage offset {offset}")
+        raise ShapeError(f"Tensor: invalid storage offset {offset}")
     if math.prod(shape) == 0:
         return
     needed = offset + builtins.sum((n - 1) * s for n, s in zip(shape, strides)) + 1
     if needed > storage_size:
-        raise ValueError(
+        raise ShapeError(
             f"as_strided: sizes {list(shape)}, strides {list(strides)} and storage offset "
             f"{offset} read up to element {needed - 1}, requiring a storage of {needed} elements, "
             f"which is out of bounds for storage of size {storage_size}; use smaller sizes, "
@@ -130,9 +85,9 @@ class StridedArray:
         if storage.ndim != 1:
             raise ValueError(f"storage must be a 1-D array, got shape {tuple(storage.shape)}; "
                              f"pass x.ravel(), or use from_array(x)")
-        shape = _as_ints(shape, "size")
-        strides = _as_ints(strides, "stride")
-        offset = _as_int(offset, "storage_offset")
+        shape = as_ints(shape, "size")
+        strides = as_ints(strides, "stride")
+        offset = as_int(offset, "storage_offset")
         _check_layout(storage.shape[0], shape, strides, offset)
         self.storage, self.shape, self.strides, self.offset = storage, shape, strides, offset
 
@@ -236,22 +191,13 @@ def transpose(s: StridedArray, dim0: int, dim1: int) -> StridedArray:
 def permute(s: StridedArray, dims: Sequence[int]) -> StridedArray:
     """Reorder the dims: dim ``i`` of the result is dim ``dims[i]`` of ``s``."""
     s = _check(s, "permute")
-    dims = _as_ints(dims, "dims")
-    if len(dims) != s.ndim:
-        raise ValueError(
-            f"permute(): number of dimensions in the tensor input does not match the length of "
-            f"the desired ordering of dimensions i.e. input.dim() = {s.ndim} is not equal to "
-            f"len(dims) = {len(dims)}")
-    dims = tuple(canonical_dim(d, s.ndim) for d in dims)
-    if len(set(dims)) != len(dims):
-        raise ValueError("permute(): duplicate dims are not allowed.")
+    dims = permutation(dims, s.ndim)
     return _like(s, [s.shape[d] for d in dims], [s.strides[d] for d in dims])
 
 
 def _no_0d(s: StridedArray) -> None:
     if s.ndim == 0:
-        raise IndexError("invalid index of a 0-dim tensor. Use `item(s)` to convert a 0-dim "
-                         "tensor to a number")
+        raise IndexError(ZERO_DIM_INDEX)
 
 
 def select(s: StridedArray, dim: int, index: int) -> StridedArray:
@@ -259,7 +205,7 @@ def select(s: StridedArray, dim: int, index: int) -> StridedArray:
     s = _check(s, "select")
     _no_0d(s)
     d = canonical_dim(dim, s.ndim)
-    i, n = _as_int(index, "index"), s.shape[d]
+    i, n = as_int(index, "index"), s.shape[d]
     if not -n <= i < n:
         raise IndexError(f"select(): index {i} out of range for tensor of size {list(s.shape)} "
                          f"at dimension {d}")
@@ -274,12 +220,12 @@ def slice(s: StridedArray, dim: int, start: int | None = None, stop: int | None 
     s = _check(s, "slice")
     _no_0d(s)
     d = canonical_dim(dim, s.ndim)
-    step = _as_int(step, "step")
+    step = as_int(step, "step")
     if step <= 0:
         raise ValueError(f"slice step must be positive, got {step} (negative steps would need a "
                          f"negative stride, which is not supported)")
-    start = None if start is None else _as_int(start, "start")
-    stop = None if stop is None else _as_int(stop, "stop")
+    start = None if start is None else as_int(start, "start")
+    stop = None if stop is None else as_int(stop, "stop")
     lo, hi, _ = builtins.slice(start, stop, step).indices(s.shape[d])
     n = max(0, -(-(hi - lo) // step))
     shape = s.shape[:d] + (n,) + s.shape[d + 1:]
@@ -292,50 +238,25 @@ def narrow(s: StridedArray, dim: int, start: int, length: int) -> StridedArray:
     s = _check(s, "narrow")
     _no_0d(s)
     d = canonical_dim(dim, s.ndim)
-    start, length, n = _as_int(start, "start"), _as_int(length, "length"), s.shape[d]
+    start, length, n = as_int(start, "start"), as_int(length, "length"), s.shape[d]
     if length < 0:
-        raise ValueError("narrow(): length must be non-negative.")
+        raise ShapeError("narrow(): length must be non-negative.")
     if not -n <= start <= n:
         raise IndexError(f"start out of range (expected to be in range of [{-n}, {n}], but got "
                          f"{start})")
     start = start + n if start < 0 else start
     if start + length > n:
-        raise ValueError(f"start ({start}) + length ({length}) exceeds dimension size ({n}).")
+        raise ShapeError(f"start ({start}) + length ({length}) exceeds dimension size ({n}).")
     return slice(s, d, start, start + length)
 
 
 def expand(s: StridedArray, shape: Sequence[int]) -> StridedArray:
     """Broadcast size-1 dims (and new leading dims) to ``shape`` with stride 0; -1 keeps a size."""
     s = _check(s, "expand")
-    target = _as_ints(shape, "size")
-    if len(target) < s.ndim:
-        raise ValueError(
-            f"expand(shape={list(s.shape)}, size={list(target)}): the number of sizes provided "
-            f"({len(target)}) must be greater or equal to the number of dimensions in the tensor "
-            f"({s.ndim})")
-    sizes, strides = [0] * len(target), [0] * len(target)
-    for i in range(len(target) - 1, -1, -1):
-        d = s.ndim - len(target) + i
-        size = s.shape[d] if d >= 0 else 1
-        stride = s.strides[d] if d >= 0 else (
-            sizes[i + 1] * strides[i + 1] if i + 1 < len(target) else 1)
-        want = target[i]
-        if want == -1:
-            if d < 0:
-                raise ValueError(f"The expanded size of the tensor (-1) isn't allowed in a "
-                                 f"leading, non-existing dimension {i}")
-            want = size
-        if want < 0:
-            raise ValueError(f"Trying to create tensor with negative dimension {want}: "
-                             f"{list(target)}")
-        if size != want:
-            if size != 1:
-                raise ValueError(
-                    f"The expanded size of the tensor ({want}) must match the existing size "
-                    f"({size}) at non-singleton dimension {i}.  Target sizes: {list(target)}.  "
-                    f"Tensor sizes: {list(s.shape)}")
-            size, stride = want, 0
-        sizes[i], strides[i] = size, stride
+    sizes = expand_shape(s.shape, shape)
+    lead = len(sizes) - s.ndim
+    strides = [0] * lead + [st if n == want else 0
+                            for n, st, want in zip(s.shape, s.strides, sizes[lead:])]
     return _like(s, sizes, strides)
 
 
@@ -358,27 +279,6 @@ def unsqueeze(s: StridedArray, dim: int) -> StridedArray:
     d = canonical_dim(dim, s.ndim + 1)
     stride = 1 if d >= s.ndim else s.shape[d] * s.strides[d]
     return _like(s, s.shape[:d] + (1,) + s.shape[d:], s.strides[:d] + (stride,) + s.strides[d:])
-
-
-def _infer_shape(shape: Any, numel: int) -> Shape:
-    """``shape`` with one -1 filled in (PyTorch's infer_size and its messages)."""
-    if isinstance(shape, int | np.integer) and not isinstance(shape, bool):
-        shape = (shape,)
-    shape = _as_ints(shape, "shape")
-    infer = None
-    for i, n in enumerate(shape):
-        if n == -1:
-            if infer is not None:
-                raise ValueError("only one dimension can be inferred")
-            infer = i
-        elif n < 0:
-            raise ValueError(f"invalid shape dimension {n} at index {i} of shape {list(shape)}")
-    known = math.prod(n for n in shape if n != -1)
-    if infer is not None and known != 0 and numel % known == 0:
-        return shape[:infer] + (numel // known,) + shape[infer + 1:]
-    if infer is None and known == numel:
-        return shape
-    raise ValueError(f"shape '{list(shape)}' is invalid for input of size {numel}")
 
 
 def _view_strides(old_shape: Shape, old_strides: Shape, new_shape: Shape) -> Shape | None:
@@ -414,10 +314,10 @@ def _view_strides(old_shape: Shape, old_strides: Shape, new_shape: Shape) -> Sha
 def view(s: StridedArray, shape: Sequence[int]) -> StridedArray:
     """The same elements under ``shape`` without copying; raises when the strides can't say it."""
     s = _check(s, "view")
-    new_shape = _infer_shape(shape, s.size)
+    new_shape = infer_shape(shape, s.size)
     strides = _view_strides(s.shape, s.strides, new_shape)
     if strides is None:
-        raise ValueError(
+        raise ShapeError(
             f"view size is not compatible with input tensor's size and stride (at least one "
             f"dimension spans across two contiguous subspaces): shape {list(s.shape)} with "
             f"strides {list(s.strides)} cannot be viewed as {list(new_shape)}. Use "
@@ -425,31 +325,11 @@ def view(s: StridedArray, shape: Sequence[int]) -> StridedArray:
     return _like(s, new_shape, strides)
 
 
-def reshape(s: StridedArray, shape: Sequence[int]) -> StridedArray:
-    """A view when the layout allows it, otherwise a contiguous copy with the new shape."""
-    s = _check(s, "reshape")
-    new_shape = _infer_shape(shape, s.size)
-    strides = _view_strides(s.shape, s.strides, new_shape)
-    if strides is not None:
-        return _like(s, new_shape, strides)
-    return view(contiguous(s), new_shape)
-
-
-def contiguous(s: StridedArray) -> StridedArray:
-    """``s`` itself when row-major dense with offset 0, else a copy into fresh storage."""
-    from funcdl.ops.lower import to_array  # lower imports this module
-
-    s = _check(s, "contiguous")
-    if is_contiguous(s) and s.offset == 0:
-        return s
-    return from_array(to_array(s))
-
-
 def item(s: StridedArray) -> Any:
     """The single element as a Python number (a 0-d array when traced under jit/vmap/grad)."""
     s = _check(s, "item")
     if s.size != 1:
-        raise ValueError(f"a Tensor with {s.size} elements cannot be converted to Scalar")
+        raise ShapeError(f"a Tensor with {s.size} elements cannot be converted to Scalar")
     value = s.storage[s.offset]
     return value if isinstance(value, jax.core.Tracer) else value.item()
 

@@ -3,75 +3,33 @@
 The differentiable functions are polymorphic: plain arrays in, plain ``jnp`` out (so jax.grad,
 jit and vmap see ordinary JAX); a `Tensor` among the inputs records a node with its backward
 closure. `grad` / `value_and_grad` run a function on a fresh tape; `Tensor.backward` is PyTorch's.
+
+The functions live in one module per family (elementwise, activations, reductions, shape,
+indexing, linalg, normalization, dropout, losses), each declared once with `registry.op`; this
+package exports exactly the declared ops, plus the engine below.
 """
 
-from funcdl.tape.autograd import backward, grad, value_and_grad
-from funcdl.tape.function import Function, FunctionCtx
-from funcdl.tape.functions import (
-    abs,
-    add,
-    amax,
-    astype,
-    binary_cross_entropy_with_logits,
-    broadcast_shapes,
-    broadcast_to,
-    cat,
-    clamp,
-    clip,
-    concatenate,
-    cross_entropy,
-    div,
+from funcdl.ops.shapes import broadcast_shapes
+from funcdl.tape import (  # importing a family declares its ops
+    activations,
     dropout,
-    embedding,
-    erf,
-    exp,
-    expand,
-    gelu,
-    getitem,
-    index_add_into,
-    layer_norm,
-    linear,
-    log,
-    log_softmax,
-    logsumexp,
-    masked_fill,
-    matmul,
-    maximum,
-    mean,
-    minimum,
-    mse_loss,
-    mul,
-    neg,
-    permute,
-    pow,
-    relu,
-    reshape,
-    sigmoid,
-    silu,
-    softmax,
-    softplus,
-    split,
-    sqrt,
-    squeeze,
-    stack,
-    sub,
-    sum,
-    take,
-    tanh,
-    transpose,
-    tril,
-    triu,
-    unsqueeze,
-    var,
-    view,
-    where,
+    elementwise,
+    indexing,
+    linalg,
+    losses,
+    normalization,
+    operators,
+    reductions,
+    registry,
+    shape,
 )
+from funcdl.tape.autograd import Tape, backward, grad, value_and_grad
+from funcdl.tape.function import Function, FunctionCtx
 from funcdl.tape.gradcheck import GradcheckError, gradcheck
 from funcdl.tape.graph import graph_dot, graph_text, render
 from funcdl.tape.tensor import (
     AccumulateGrad,
     Node,
-    Tape,
     Tensor,
     detect_anomaly,
     enable_grad,
@@ -80,15 +38,12 @@ from funcdl.tape.tensor import (
     tensor,
 )
 
-__all__ = [
-    "abs", "AccumulateGrad", "add", "amax", "astype", "backward",
-    "binary_cross_entropy_with_logits", "broadcast_shapes", "broadcast_to", "cat", "clamp",
-    "clip", "concatenate", "cross_entropy", "detect_anomaly", "div", "dropout", "embedding",
-    "enable_grad", "erf", "exp", "expand", "Function", "FunctionCtx", "gelu", "getitem", "grad",
-    "gradcheck", "GradcheckError", "graph_dot", "graph_text", "index_add_into", "is_grad_enabled",
-    "layer_norm", "linear", "log", "log_softmax", "logsumexp", "masked_fill", "matmul", "maximum",
-    "mean", "minimum", "mse_loss", "mul", "neg", "no_grad", "Node", "permute", "pow", "relu",
-    "render", "reshape", "sigmoid", "silu", "softmax", "softplus", "split", "sqrt", "squeeze",
-    "stack", "sub", "sum", "take", "tanh", "Tape", "Tensor", "tensor", "transpose", "tril",
-    "triu", "unsqueeze", "value_and_grad", "var", "view", "where",
+operators.install()
+globals().update(registry.public())
+
+ENGINE = [
+    "AccumulateGrad", "backward", "broadcast_shapes", "detect_anomaly", "enable_grad",
+    "Function", "FunctionCtx", "grad", "gradcheck", "GradcheckError", "graph_dot", "graph_text",
+    "is_grad_enabled", "no_grad", "Node", "render", "Tape", "Tensor", "tensor", "value_and_grad",
 ]
+__all__ = sorted(ENGINE + list(registry.public()), key=str.lower)

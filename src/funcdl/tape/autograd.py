@@ -9,6 +9,7 @@ has no tape to walk, so it orders the graph behind ``grad_fn`` by node depth.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import traceback
 from collections.abc import Callable, Iterable, Sequence
@@ -18,12 +19,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from funcdl.tape.elementwise import add, astype
+from funcdl.tape.reductions import sum
+from funcdl.tape.shape import reshape
 from funcdl.tape.tensor import (
     _ANOMALY,
     _GRAD_ENABLED,
     _TAPES,
     Node,
-    Tape,
     Tensor,
     _concrete,
     _escaped,
@@ -38,10 +41,57 @@ FREED = ("Trying to backward through the graph a second time (or directly access
          "calling backward.")
 
 
+class Tape:
+    """An append-only list of the nodes recorded while it was active (Wengert's tape).
+
+    `tape.grad` opens one per call; ``with Tape() as t:`` opens one for a block. Once closed, the
+    Tensors recorded on it refuse further use: their data may hold tracers of a finished trace.
+    """
+
+    def __init__(self, owner: str = "a `with funcdl.tape.Tape()` block") -> None:
+        self.nodes: list[Node] = []
+        self.owner = owner
+        self.closed = False
+        self._token: contextvars.Token | None = None
+        self._outermost = True
+
+    def __enter__(self) -> Tape:
+        if self.closed:
+            raise RuntimeError("This Tape is closed; open a new one with `with Tape() as t:`.")
+        self._outermost = not _TAPES.get()
+        self._token = _TAPES.set(_TAPES.get() + (self,))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.deactivate()
+        self.close()
+
+    def deactivate(self) -> None:
+        """Stop recording (the tape stays usable for `gradient`)."""
+        if self._token is not None:
+            _TAPES.reset(self._token)
+            self._token = None
+
+    def close(self) -> None:
+        """Free the recorded closures and refuse later use of its Tensors."""
+        if self._outermost:  # inner tapes' nodes are also on an open outer tape
+            for node in self.nodes:
+                node.release(keep_shape=False)  # its Tensors are refused from now on anyway
+        self.nodes = []
+        self.closed = True
+
+    def gradient(self, target: Tensor, sources: Sequence[Tensor] | Tensor, *,
+                 create_graph: bool = False) -> Any:
+        """d target / d sources, walking this tape in reverse (TensorFlow's GradientTape)."""
+        single = isinstance(sources, Tensor)
+        grads = tape_gradient(self, target, [sources] if single else list(sources),
+                              create_graph=create_graph)
+        return grads[0] if single else grads
+
+
+
 def _sum_to(g: Any, shape: tuple[int, ...]) -> Any:
     """Un-broadcast: sum ``g`` over the dims that broadcasting added or stretched."""
-    from funcdl.tape.functions import reshape, sum
-
     gshape = g.shape
     if tuple(gshape) == tuple(shape):
         return g
@@ -71,8 +121,6 @@ def _propagate(order: Iterable[Node], seeds: dict[Node, Any], *, create_graph: b
     Returns (leaf gradients, gradients of the non-leaf outputs whose id is in ``keep``), both
     keyed by the Tensor's id.
     """
-    from funcdl.tape.functions import add
-
     grads: dict[Node, Any] = dict(seeds)
     leaves: dict[int, Any] = {}
     kept: dict[int, Any] = {}
@@ -115,6 +163,8 @@ def _propagate(order: Iterable[Node], seeds: dict[Node, Any], *, create_graph: b
                     gi = gi.data
                 if tuple(gi.shape) != tuple(x.shape):
                     gi = _sum_to(gi, x.shape)
+                if gi.dtype != x.dtype:  # a promoted gradient takes its input's dtype, as in
+                    gi = astype(gi, x.dtype)  # jax.grad and torch (bfloat16 inputs: bfloat16)
                 if anomaly:
                     _check_nan(node, i, gi)
                 if x.grad_fn is not None:
@@ -185,6 +235,13 @@ def backward(t: Tensor, gradient: Any = None, *, retain_graph: bool | None = Non
         _accumulate(leaf, g, create_graph)
 
 
+def tensor_backward(self: Tensor, gradient: Any = None, retain_graph: bool | None = None,
+                    create_graph: bool = False, inputs: Sequence[Tensor] | None = None) -> None:
+    """``Tensor.backward``: accumulate d self / d leaf into every leaf's ``.grad`` (PyTorch)."""
+    backward(self, gradient, retain_graph=retain_graph, create_graph=create_graph,
+             inputs=inputs)
+
+
 def _accumulate(t: Tensor, g: Any, create_graph: bool) -> None:
     """``t.grad += g`` as PyTorch does for leaves and retained non-leaves (``AccumulateGrad``);
     recorded on the tape under ``create_graph``."""
@@ -192,9 +249,7 @@ def _accumulate(t: Tensor, g: Any, create_graph: bool) -> None:
     if t.grad is None:
         t.grad = g
     elif create_graph:
-        from funcdl.tape.functions import add
-
-        t.grad = add(t.grad, g)
+            t.grad = add(t.grad, g)
     else:
         t.grad = Tensor(t.grad.data + g.data)
 

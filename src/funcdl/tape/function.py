@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from funcdl.tape.tensor import Tensor, _data, no_grad, unwrap, wrap
+from funcdl.tape.tensor import Tensor, constant, no_grad, unwrap, wrap
 
 
 class FunctionCtx:
@@ -40,7 +40,7 @@ class FunctionCtx:
         self.saved_tensors: tuple = ()
 
     def save_for_backward(self, *values: Any) -> None:
-        self.saved_tensors = tuple(_data(v) for v in values)
+        self.saved_tensors = tuple(constant(v) for v in values)
 
 
 def _differentiable(x: Any) -> bool:
@@ -84,7 +84,7 @@ class Function:
         needs = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
         ctx = FunctionCtx(needs)
         with no_grad():
-            out = _data(cls.forward(ctx, *[_data(a) for a in args]))
+            out = constant(cls.forward(ctx, *[constant(a) for a in args]))
         name = cls.__name__
 
         def joint(g: Any, z: Any, needs: tuple[bool, ...], *xs: Any) -> tuple:

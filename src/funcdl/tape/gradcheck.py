@@ -10,8 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from funcdl.tape.autograd import grad
-from funcdl.tape.functions import mul, sum
-from funcdl.tape.tensor import _data
+from funcdl.tape.elementwise import mul
+from funcdl.tape.reductions import sum
+from funcdl.tape.tensor import constant
 
 
 class GradcheckError(RuntimeError):
@@ -19,7 +20,7 @@ class GradcheckError(RuntimeError):
 
 
 def _jacobians(fn: Callable, xs: list[np.ndarray], eps: float) -> tuple[list, list]:
-    out = np.asarray(_data(fn(*xs)))
+    out = np.asarray(constant(fn(*xs)))
     numerical, analytical = [], []
     for i, x in enumerate(xs):
         cols = []
@@ -30,7 +31,7 @@ def _jacobians(fn: Callable, xs: list[np.ndarray], eps: float) -> tuple[list, li
             hi = list(xs)
             lo = list(xs)
             hi[i], lo[i] = x + step, x - step
-            diff = np.asarray(_data(fn(*hi))) - np.asarray(_data(fn(*lo)))
+            diff = np.asarray(constant(fn(*hi))) - np.asarray(constant(fn(*lo)))
             cols.append(diff.reshape(-1) / (2 * eps))
         numerical.append(np.stack(cols, axis=1) if cols else np.zeros((out.size, 0)))
     rows: list[list[np.ndarray]] = [[] for _ in xs]
@@ -60,7 +61,7 @@ def gradcheck(fn: Callable, *inputs: Any, eps: float = 1e-6, atol: float = 1e-5,
     ``raise_exception=False``).
     """
     with jax.enable_x64(True):
-        xs = [np.asarray(_data(x), dtype=np.float64) for x in inputs]
+        xs = [np.asarray(constant(x), dtype=np.float64) for x in inputs]
         numerical, analytical = _jacobians(fn, [jnp.asarray(x) for x in xs], eps)
         for i, (num, ana) in enumerate(zip(numerical, analytical)):
             if not np.allclose(ana, num, rtol=rtol, atol=atol):

@@ -1,4 +1,4 @@
-"""The tape's data structures: `Tensor`, graph nodes, the `Tape`, and the recording switch.
+"""The tape's data structures: `Tensor`, graph nodes, recording (`apply`), and the grad mode.
 
 A differentiable function computes its forward on plain arrays and, when a `Tensor` that requires
 grad is among its inputs, calls `apply` to wrap the result and record a `Node`: the function's
@@ -15,11 +15,14 @@ import contextvars
 import traceback
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+if TYPE_CHECKING:
+    from funcdl.tape.autograd import Tape
 
 # (tape, tape, ...) innermost last; () when no grad call or `with Tape()` block is active.
 _TAPES: contextvars.ContextVar[tuple[Tape, ...]] = contextvars.ContextVar("funcdl_tapes",
@@ -28,56 +31,6 @@ _GRAD_ENABLED: contextvars.ContextVar[bool] = contextvars.ContextVar("funcdl_gra
 _ANOMALY: contextvars.ContextVar[bool] = contextvars.ContextVar("funcdl_anomaly", default=False)
 
 _PLAIN = (jax.Array, np.ndarray, np.generic, int, float, bool, complex, type(None))
-
-
-class Tape:
-    """An append-only list of the nodes recorded while it was active (Wengert's tape).
-
-    `tape.grad` opens one per call; ``with Tape() as t:`` opens one for a block. Once closed, the
-    Tensors recorded on it refuse further use: their data may hold tracers of a finished trace.
-    """
-
-    def __init__(self, owner: str = "a `with funcdl.tape.Tape()` block") -> None:
-        self.nodes: list[Node] = []
-        self.owner = owner
-        self.closed = False
-        self._token: contextvars.Token | None = None
-        self._outermost = True
-
-    def __enter__(self) -> Tape:
-        if self.closed:
-            raise RuntimeError("This Tape is closed; open a new one with `with Tape() as t:`.")
-        self._outermost = not _TAPES.get()
-        self._token = _TAPES.set(_TAPES.get() + (self,))
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.deactivate()
-        self.close()
-
-    def deactivate(self) -> None:
-        """Stop recording (the tape stays usable for `gradient`)."""
-        if self._token is not None:
-            _TAPES.reset(self._token)
-            self._token = None
-
-    def close(self) -> None:
-        """Free the recorded closures and refuse later use of its Tensors."""
-        if self._outermost:  # inner tapes' nodes are also on an open outer tape
-            for node in self.nodes:
-                node.release(keep_shape=False)  # its Tensors are refused from now on anyway
-        self.nodes = []
-        self.closed = True
-
-    def gradient(self, target: Tensor, sources: Sequence[Tensor] | Tensor, *,
-                 create_graph: bool = False) -> Any:
-        """d target / d sources, walking this tape in reverse (TensorFlow's GradientTape)."""
-        from funcdl.tape.autograd import tape_gradient
-
-        single = isinstance(sources, Tensor)
-        grads = tape_gradient(self, target, [sources] if single else list(sources),
-                              create_graph=create_graph)
-        return grads[0] if single else grads
 
 
 class Node:
@@ -168,6 +121,9 @@ class Tensor:
     ``data`` is a `jax.Array` (or a tracer inside jit/vmap); ``grad`` is a Tensor after
     `backward`; ``grad_fn`` is the `Node` that made it (None for leaves). A Tensor is not a pytree
     node: `jax.tree_util` and Flax NNX treat it as a leaf.
+
+    Operators (``+``, ``@``, ...), the op methods (``t.sum()``, ``t.T``) and ``backward`` are
+    installed in one place, `funcdl.tape.operators`, from the op registry.
     """
 
     __slots__ = ("data", "requires_grad", "grad", "grad_fn", "_tape", "_version", "_accumulator",
@@ -208,18 +164,6 @@ class Tensor:
     @property
     def is_leaf(self) -> bool:
         return self.grad_fn is None
-
-    @property
-    def T(self) -> Tensor:  # noqa: N802 (PyTorch's name)
-        from funcdl.tape.functions import permute
-
-        return permute(self, tuple(range(self.ndim))[::-1])
-
-    @property
-    def mT(self) -> Tensor:  # noqa: N802
-        from funcdl.tape.functions import transpose
-
-        return transpose(self, -2, -1)
 
     def size(self, dim: int | None = None) -> Any:
         return self.shape if dim is None else self.shape[dim]
@@ -299,30 +243,22 @@ class Tensor:
         return self
 
     def __iadd__(self, other: Any) -> Tensor:
-        return self._inplace(self.data + _data(other))
+        return self._inplace(self.data + constant(other))
 
     def __isub__(self, other: Any) -> Tensor:
-        return self._inplace(self.data - _data(other))
+        return self._inplace(self.data - constant(other))
 
     def __imul__(self, other: Any) -> Tensor:
-        return self._inplace(self.data * _data(other))
+        return self._inplace(self.data * constant(other))
 
     def __itruediv__(self, other: Any) -> Tensor:
-        return self._inplace(self.data / _data(other))
+        return self._inplace(self.data / constant(other))
 
     def zero_(self) -> Tensor:
         return self._inplace(jnp.zeros_like(self.data))
 
     def copy_(self, other: Any) -> Tensor:
-        return self._inplace(_data(other))
-
-    def backward(self, gradient: Any = None, retain_graph: bool | None = None,
-                 create_graph: bool = False, inputs: Sequence[Tensor] | None = None) -> None:
-        """Accumulate d self / d leaf into every leaf's ``.grad`` (PyTorch semantics)."""
-        from funcdl.tape.autograd import backward
-
-        backward(self, gradient, retain_graph=retain_graph, create_graph=create_graph,
-                 inputs=inputs)
+        return self._inplace(constant(other))
 
     def __repr__(self) -> str:
         body = np.array2string(np.asarray(self.data), precision=4, separator=", ",
@@ -339,13 +275,20 @@ def _concrete(x: Any) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
-def _data(x: Any) -> Any:
+def constant(x: Any) -> Any:
+    """The data of a Tensor (other values as they are): for values used only as constants in a
+    rule (a mask, a sign) or outside the graph."""
     return x.data if isinstance(x, Tensor) else x
+
+
+def shape_of(x: Any) -> tuple[int, ...]:
+    """The shape of an array, Tensor or Python number (``()``)."""
+    return tuple(getattr(x, "shape", ()))
 
 
 def tensor(data: Any, requires_grad: bool = False, dtype: Any = None) -> Tensor:
     """A new leaf Tensor (``torch.tensor``); Python floats become float32 as in PyTorch."""
-    data = _data(data)
+    data = constant(data)
     if dtype is None and isinstance(data, float | list | tuple):
         arr = np.asarray(data)
         dtype = jnp.float32 if arr.dtype == np.float64 else None
@@ -452,6 +395,3 @@ def detect_anomaly() -> Iterator[None]:
     finally:
         _ANOMALY.reset(token)
 
-
-def anomaly_enabled() -> bool:
-    return _ANOMALY.get()
