@@ -3,21 +3,14 @@ by funcdl.tape.grad through the same NNX modules (nnx.merge inside the different
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 from flax import nnx
 
 from funcdl import layers as L
 from funcdl import tape
+from funcdl.check import compare_with_jax, leafwise_relative
 
 B, T, D, H, FF = 2, 5, 16, 4, 32
-
-
-def max_rel_diff(a_tree, b_tree) -> float:
-    diffs = jax.tree.map(
-        lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))
-                           / max(float(np.max(np.abs(np.asarray(a)))), 1e-30)), a_tree, b_tree)
-    return max(jax.tree.leaves(diffs))
 
 
 def loss_of(module, x, kpm):
@@ -41,22 +34,17 @@ def data():
 def test_encoder_layer_grads_tape_equal_jax(data, norm_first):
     layer = L.TransformerEncoderLayer(D, H, FF, norm_first=norm_first, rngs=nnx.Rngs(1))
     layer.eval()
-    loss, params = loss_of(layer, *data)
-    g_jax = jax.jit(jax.grad(loss))(params)
-    g_tape = jax.jit(tape.grad(loss))(params)
-    assert jax.tree.structure(g_jax) == jax.tree.structure(g_tape)
-    assert len(jax.tree.leaves(g_jax)) == 12  # in/out proj, linear1/2 (w, b), norm1/2
-    assert max_rel_diff(g_jax, g_tape) < 1e-5
+    result = compare_with_jax(*loss_of(layer, *data))
+    assert jax.tree.structure(result.jax_grads) == jax.tree.structure(result.tape_grads)
+    assert result.leaves == 12  # in/out proj, linear1/2 (w, b), norm1/2
+    assert result.leafwise < 1e-5
 
 
 def test_stacked_encoder_grads_tape_equal_jax(data):
     """The tape runs the stacked layers in a Python loop, jax.grad through lax.scan."""
     enc = L.TransformerEncoder(2, D, H, FF, final_norm=True, rngs=nnx.Rngs(2))
     enc.eval()
-    loss, params = loss_of(enc, *data)
-    g_jax = jax.jit(jax.grad(loss))(params)
-    g_tape = jax.jit(tape.grad(loss))(params)
-    assert max_rel_diff(g_jax, g_tape) < 1e-5
+    assert compare_with_jax(*loss_of(enc, *data)).leafwise < 1e-5
 
 
 def test_training_mode_tape_and_jax_draw_the_same_dropout_masks(data):
@@ -74,7 +62,7 @@ def test_training_mode_tape_and_jax_draw_the_same_dropout_masks(data):
 
     g_jax = jax.jit(jax.grad(loss))(params, rest)
     loss_train, g_tape = jax.jit(tape.value_and_grad(loss))(params, rest)
-    assert max_rel_diff(g_jax, g_tape) < 1e-5
+    assert leafwise_relative(g_tape, g_jax) < 1e-5
     layer.eval()  # `deterministic` lives in the graphdef: split again
     graphdef, params, rest = nnx.split(layer, nnx.Param, ...)
     assert abs(float(jax.jit(loss)(params, rest)) - float(loss_train)) > 1e-2  # dropout was on

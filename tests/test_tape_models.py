@@ -13,14 +13,7 @@ import torch.nn.functional as F
 from flax import nnx
 
 from funcdl import tape as T
-
-
-def max_rel_diff(a, b):
-    """max |a - b| / max |b| over every leaf of two pytrees."""
-    diffs = jax.tree.map(lambda x, y: float(jnp.max(jnp.abs(x - y)) / (jnp.max(jnp.abs(y))
-                                                                       + 1e-30)), a, b)
-    return max(jax.tree.leaves(diffs))
-
+from funcdl.check import compare_with_jax, leafwise_relative
 
 # --- the slides' 784-100-50-20-1 ReLU MLP ------------------------------------------------------
 
@@ -50,9 +43,8 @@ def mlp_batch():
 
 def test_slides_mlp_tape_equals_jax_grad(mlp_batch):
     params, x, y = mlp_batch
-    ref = jax.jit(jax.grad(mlp_loss))(params, x, y)
-    assert max_rel_diff(T.grad(mlp_loss)(params, x, y), ref) < 1e-5
-    assert max_rel_diff(jax.jit(T.grad(mlp_loss))(params, x, y), ref) < 1e-5
+    assert compare_with_jax(mlp_loss, params, x, y, jit=False).leafwise < 1e-5  # op by op
+    assert compare_with_jax(mlp_loss, params, x, y).leafwise < 1e-5
 
 
 def test_per_example_grads_under_vmap(mlp_batch):
@@ -62,7 +54,7 @@ def test_per_example_grads_under_vmap(mlp_batch):
     ours = jax.vmap(T.grad(mlp_loss), in_axes=(None, 0, 0))(params, xs, ys)  # eager vmap
     ref = jax.jit(jax.vmap(jax.grad(mlp_loss), in_axes=(None, 0, 0)))(params, xs, ys)
     assert ours[0]["W"].shape == (4, 8, 784)
-    assert max_rel_diff(ours, ref) < 1e-5
+    assert leafwise_relative(ours, ref) < 1e-5
 
 
 # --- the slides' manual training loop -----------------------------------------------------------
@@ -165,8 +157,8 @@ def test_nnx_module_tape_grad_equals_jax_grad():
     ours = T.grad(loss)(params, x, target)
     assert isinstance(ours, nnx.State)
     assert jax.tree.structure(ours) == jax.tree.structure(ref)
-    assert max_rel_diff(ours, ref) < 1e-6
-    assert max_rel_diff(jax.jit(T.grad(loss))(params, x, target), ref) < 1e-6
+    assert leafwise_relative(ours, ref) < 1e-6
+    assert leafwise_relative(jax.jit(T.grad(loss))(params, x, target), ref) < 1e-6
 
 
 def test_transformer_encoder_layer_tape_equals_jax_grad():
@@ -186,7 +178,7 @@ def test_transformer_encoder_layer_tape_equals_jax_grad():
         return T.grad(loss, argnums=(0, 1))(params, x), jax.grad(loss, argnums=(0, 1))(params, x)
 
     ours, ref = both(params, x)
-    assert max_rel_diff(ours, ref) < 1e-5
+    assert leafwise_relative(ours, ref) < 1e-5
 
 
 # --- PyTorch parity of values and gradients -----------------------------------------------------

@@ -54,6 +54,14 @@ def max_abs_diff(a: Any, b: Any) -> float:
                                                              jax.tree.leaves(b))), default=0.0)
 
 
+def leafwise_relative(ours: Any, ref: Any) -> float:
+    """max over the arrays of two pytrees of max |ours - ref| / max |ref|: a relative error that
+    a small gradient array cannot hide behind a large one."""
+    pairs = zip(jax.tree.leaves(ours), jax.tree.leaves(ref), strict=True)
+    return max((max_abs_diff(a, b) / max(float(np.max(np.abs(np.asarray(b)), initial=0.0)),
+                                         1e-30) for a, b in pairs), default=0.0)
+
+
 def _timed(fn: Callable, args: tuple) -> tuple[Any, float]:
     jax.block_until_ready(fn(*args))  # compile (and warm up) first
     t0 = time.perf_counter()
@@ -74,16 +82,14 @@ def compare_with_jax(loss: Callable, *args: Any, argnums: int | tuple[int, ...] 
         ref, times["jax_ms"] = _timed(ref_fn, args)
     else:
         ours, ref = ours_fn(*args), ref_fn(*args)
-    pairs = list(zip(jax.tree.leaves(ours), jax.tree.leaves(ref)))
-    if len(jax.tree.leaves(ours)) != len(pairs) or len(jax.tree.leaves(ref)) != len(pairs):
-        raise ValueError(f"the tape gave {len(jax.tree.leaves(ours))} gradient arrays, jax.grad "
-                         f"{len(jax.tree.leaves(ref))}")
-    scales = [float(np.max(np.abs(np.asarray(b)), initial=0.0)) for _, b in pairs]
-    diffs = [max_abs_diff(a, b) for a, b in pairs]
-    return Comparison(
-        abs_diff=max(diffs, default=0.0), scale=max(scales, default=0.0),
-        leafwise=max((d / max(s, 1e-30) for d, s in zip(diffs, scales)), default=0.0),
-        leaves=len(pairs), tape_grads=ours, jax_grads=ref, **times)
+    n_ours, n_ref = len(jax.tree.leaves(ours)), len(jax.tree.leaves(ref))
+    if n_ours != n_ref:
+        raise ValueError(f"the tape gave {n_ours} gradient arrays, jax.grad {n_ref}")
+    scale = max((float(np.max(np.abs(np.asarray(b)), initial=0.0))
+                 for b in jax.tree.leaves(ref)), default=0.0)
+    return Comparison(abs_diff=max_abs_diff(ours, ref), scale=scale,
+                      leafwise=leafwise_relative(ours, ref), leaves=n_ref, tape_grads=ours,
+                      jax_grads=ref, **times)
 
 
 def weights_for(out: Any) -> list[np.ndarray]:
