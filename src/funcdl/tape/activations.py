@@ -53,6 +53,16 @@ def relu(x: Any) -> Any:
                   else where(constant(x) > 0, g, 0.0),))
 
 
+@op(unary("away"), unary("away", label="slope 0.2", negative_slope=0.2),
+    torch="torch.nn.functional.leaky_relu")
+def leaky_relu(x: Any, negative_slope: float = 0.01) -> Any:
+    """x where x > 0, else negative_slope * x; the slope at 0 is negative_slope (PyTorch's)."""
+    return apply("LeakyReluBackward0",
+                 lambda x: jnp.where(x > 0, x, x * negative_slope),
+                 (unwrap(x),), (lambda g, z, x: where(constant(x) > 0, g,
+                                                      mul(g, negative_slope)),))
+
+
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _INV_SQRT_2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
