@@ -20,7 +20,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
+from funcdl import layers as L
 from funcdl import tape
 from funcdl.tape.cases import Call, Case, Const, Draw, RandomDraw
 from funcdl.tape.registry import OPS, Op
@@ -317,8 +319,6 @@ def _module_case(name: str, make: Callable, call: Callable) -> GradCase:
     """A case over every ``nnx.Param`` of ``make(rngs)`` (eval mode: dropout off)."""
 
     def build():
-        from flax import nnx
-
         module = make(nnx.Rngs(0))
         module.eval()
         graphdef, params, rest = nnx.split(module, nnx.Param, ...)
@@ -329,8 +329,6 @@ def _module_case(name: str, make: Callable, call: Callable) -> GradCase:
 
 def layer_cases() -> list[GradCase]:
     """Every layer of funcdl.layers on small inputs (attention with its masks)."""
-    from funcdl import layers as L
-
     rng = np.random.default_rng(1)
     x = rng.normal(size=(2, 5, 8)).astype(np.float32)
     kv = rng.normal(size=(2, 3, 8)).astype(np.float32)
@@ -377,10 +375,6 @@ def layer_cases() -> list[GradCase]:
 
 def _tied_mlm(rngs: Any) -> Any:
     """Embedding -> MLMHead tied to it: gradients reach the table by two paths."""
-    from flax import nnx
-
-    from funcdl import layers as L
-
     class TiedMLM(nnx.Module):
         def __init__(self, rngs):
             self.embedding = L.Embedding(10, 8, rngs=rngs)

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from funcdl.data.loader import default_collate
+
 __all__ = [
     "get_tokenizer",
     "basic_english",
@@ -278,8 +280,6 @@ def pad_collate(pad_id: int, max_len: int | None = None,
     by ``default_collate``. The batch is ``(ids, key_padding_mask)`` or
     ``(ids, key_padding_mask, *others)``.
     """
-    from funcdl.data.loader import default_collate
-
     def collate(samples: list[Any]) -> Any:
         if isinstance(samples[0], tuple):
             ids, mask = pad_batch([s[0] for s in samples], pad_id, max_len, truncate)
