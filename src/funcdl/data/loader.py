@@ -23,9 +23,6 @@ import functools
 import math
 import multiprocessing
 import pickle
-import queue
-import threading
-import traceback
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
@@ -34,7 +31,24 @@ from typing import Any
 
 import numpy as np
 
+from funcdl.data.collate import default_collate
 from funcdl.data.dataset import IterableDataset
+from funcdl.data.sampling import (
+    BucketBatchSampler,
+    bucket_by_length,
+    epoch_permutation,
+    padding_fraction,
+    shard,
+)
+from funcdl.data.workers import (
+    Failure,
+    Prefetcher,
+    fetch,
+    preload_in_forkserver,
+    shutdown,
+    worker_fetch,
+    worker_init,
+)
 
 __all__ = [
     "DataLoader",
@@ -47,265 +61,6 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------------------------
-# Collation
-
-
-def _ragged_message(shapes: list[tuple[int, ...]]) -> str:
-    return (
-        f"default_collate: cannot stack samples of different shapes {sorted(set(shapes))[:4]}. "
-        "Sequences of different lengths need padding: pass "
-        "collate_fn=funcdl.data.text.pad_collate(pad_id) to the DataLoader, or pad them yourself "
-        "with funcdl.data.text.pad_batch(sequences, pad_id)")
-
-
-def default_collate(samples: Sequence[Any]) -> Any:
-    """Stack a list of samples into a batch, recursing into tuples, lists and dicts.
-
-    Arrays (numpy, JAX, anything with ``__array__``) and scalars are stacked along a new leading
-    axis into numpy arrays (Python ints give int64, floats float64, as torch's default_collate);
-    tuples/lists/named tuples give the same container of batches; dicts give a dict of batches;
-    strings give a list of strings.
-    """
-    if len(samples) == 0:
-        raise ValueError("default_collate got an empty list of samples")
-    first = samples[0]
-    if isinstance(first, str | bytes):
-        return list(samples)
-    if isinstance(first, Mapping):
-        return {k: default_collate([s[k] for s in samples]) for k in first}
-    if isinstance(first, tuple | list):
-        sizes = {len(s) for s in samples}
-        if len(sizes) != 1:
-            raise ValueError(
-                f"default_collate: samples are sequences of different lengths {sorted(sizes)}; "
-                "each element of a batch must have the same structure. If these are token "
-                "sequences, pad them: collate_fn=funcdl.data.text.pad_collate(pad_id)")
-        if isinstance(first, list) and all(isinstance(v, int | float | np.number) for v in first):
-            return np.asarray(samples)  # a list of numbers is one 1-D sample
-        columns = [default_collate(list(col)) for col in zip(*samples)]
-        if hasattr(first, "_fields"):  # named tuple
-            return type(first)(*columns)
-        return type(first)(columns) if isinstance(first, list) else tuple(columns)
-    arrays = [np.asarray(s) for s in samples]
-    shapes = [a.shape for a in arrays]
-    if len(set(shapes)) != 1:
-        raise ValueError(_ragged_message(shapes))
-    return np.stack(arrays)
-
-
-class _KeyErrorMessage(str):
-    """KeyError repr()s its message; keep the newlines readable (torch does the same)."""
-
-    def __repr__(self) -> str:
-        return str(self)
-
-
-class _Failure:
-    """A picklable record of an exception raised while loading one sample or batch."""
-
-    def __init__(self, exc: BaseException, where: str):
-        self.exc = exc
-        self.exc_type = type(exc)
-        self.where = where
-        self.text = "".join(traceback.format_exception(exc))
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__, exc=None)
-        try:
-            pickle.dumps(self.exc_type)
-        except Exception:
-            state["exc_type"] = RuntimeError
-        return state
-
-    def reraise(self) -> None:
-        msg = f"Caught {self.exc_type.__name__} in DataLoader {self.where}.\nOriginal {self.text}"
-        if issubclass(self.exc_type, KeyError):
-            msg = _KeyErrorMessage(msg)
-        try:
-            err = self.exc_type(msg)
-        except Exception:
-            err = RuntimeError(msg)
-        raise err from self.exc
-
-
-def _fetch(dataset: Any, collate_fn: Callable | None, indices: np.ndarray,
-           where: str = "worker") -> Any:
-    """One batch, or a ``_Failure`` naming the index that raised."""
-    if collate_fn is None and hasattr(dataset, "get_batch"):
-        try:
-            return dataset.get_batch(indices)
-        except Exception as e:
-            return _Failure(e, f"{where} while loading the batch of indices {indices.tolist()}")
-    samples = []
-    for i in indices.tolist():
-        try:
-            samples.append(dataset[i])
-        except Exception as e:
-            return _Failure(e, f"{where} while loading index {i}")
-    try:
-        return (collate_fn or default_collate)(samples)
-    except Exception as e:
-        return _Failure(e, f"{where} while collating the batch of indices {indices.tolist()}")
-
-
-_WORKER: dict[str, Any] = {}
-
-
-def _worker_init(payload: bytes) -> None:
-    _WORKER["dataset"], _WORKER["collate_fn"] = pickle.loads(payload)
-
-
-def _worker_fetch(indices: np.ndarray) -> Any:
-    return _fetch(_WORKER["dataset"], _WORKER["collate_fn"], indices, "worker process")
-
-
-# ----------------------------------------------------------------------------------------------
-# Orders
-
-
-def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
-    """The shuffled order of epoch ``epoch``: a function of ``(seed, epoch)`` only."""
-    return np.random.default_rng([int(seed), int(epoch)]).permutation(n)
-
-
-def _shard(items: Sequence[Any] | np.ndarray, index: int, count: int, drop_last: bool) -> Any:
-    """This process's share: every ``count``-th item, evened out as DistributedSampler does.
-
-    Without ``drop_last`` the list is padded by wrapping around so every process gets the same
-    number of items (and batches), which collective device steps need; with it the tail is cut.
-    """
-    if count == 1:
-        return items
-    n = len(items)
-    if drop_last:
-        items = items[: n - n % count]
-    elif n % count:
-        extra = count - n % count
-        reps = math.ceil(extra / max(n, 1))
-        pad = (list(items) * reps)[:extra] if not isinstance(items, np.ndarray) else \
-            np.tile(items, reps)[:extra]
-        items = np.concatenate([items, pad]) if isinstance(items, np.ndarray) else \
-            list(items) + pad
-    return items[index::count]
-
-
-def bucket_by_length(lengths: Sequence[int], batch_size: int, *, seed: int = 0, epoch: int = 0,
-                     bucket_size: int | None = None, drop_last: bool = False) -> list[np.ndarray]:
-    """Batches of indices with similar lengths, to cut padding; seeded by ``(seed, epoch)``.
-
-    Shuffle all indices, cut them into buckets of ``bucket_size`` (default ``50 * batch_size``),
-    sort each bucket by length, cut it into batches, and shuffle the batch order. Every index
-    appears once (``drop_last`` drops the incomplete batches).
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size should be a positive integer, got {batch_size}")
-    lengths = np.asarray(lengths)
-    bucket = bucket_size or 50 * batch_size
-    bucket = max(batch_size, bucket - bucket % batch_size)
-    rng = np.random.default_rng([int(seed), int(epoch), 1])
-    order = rng.permutation(len(lengths))
-    batches: list[np.ndarray] = []
-    for start in range(0, len(order), bucket):
-        chunk = order[start:start + bucket]
-        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
-        for b in range(0, len(chunk), batch_size):
-            if len(chunk[b:b + batch_size]) == batch_size or not drop_last:
-                batches.append(chunk[b:b + batch_size])
-    return [batches[i] for i in rng.permutation(len(batches))]
-
-
-def padding_fraction(lengths: Sequence[int], batches: Iterable[Sequence[int]]) -> float:
-    """Share of the padded batch cells that are padding (each batch padded to its longest)."""
-    lengths = np.asarray(lengths)
-    real = cells = 0
-    for b in batches:
-        lb = lengths[np.asarray(b, dtype=np.int64)]
-        real += int(lb.sum())
-        cells += int(lb.max()) * len(lb) if len(lb) else 0
-    return 0.0 if cells == 0 else 1.0 - real / cells
-
-
-class BucketBatchSampler:
-    """A ``batch_sampler`` for ``DataLoader`` that groups similar lengths (see bucket_by_length)."""
-
-    def __init__(self, lengths: Sequence[int], batch_size: int, *, seed: int = 0,
-                 bucket_size: int | None = None, drop_last: bool = False):
-        self.lengths = np.asarray(lengths)
-        self.batch_size, self.seed = batch_size, seed
-        self.bucket_size, self.drop_last = bucket_size, drop_last
-        self.epoch = 0
-        bucket_by_length([], batch_size)  # validates batch_size early
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        return iter(bucket_by_length(self.lengths, self.batch_size, seed=self.seed,
-                                     epoch=self.epoch, bucket_size=self.bucket_size,
-                                     drop_last=self.drop_last))
-
-    def __len__(self) -> int:
-        return len(bucket_by_length(self.lengths, self.batch_size, seed=self.seed,
-                                    epoch=self.epoch, bucket_size=self.bucket_size,
-                                    drop_last=self.drop_last))
-
-
-# ----------------------------------------------------------------------------------------------
-# Background thread
-
-
-class _Prefetcher:
-    """Runs an iterator in a daemon thread, ``size`` items ahead; ``close()`` stops and joins it."""
-
-    def __init__(self, source: Callable[[], Iterator[Any]], size: int):
-        self._queue: queue.Queue = queue.Queue(maxsize=size)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(source,), daemon=True,
-                                        name="funcdl-DataLoader-prefetch")
-        self._thread.start()
-
-    def _put(self, item: Any) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                pass
-        return False
-
-    def _run(self, source: Callable[[], Iterator[Any]]) -> None:
-        it = None
-        try:
-            it = source()
-            for item in it:
-                if not self._put(("item", item)):
-                    return
-            self._put(("end", None))
-        except BaseException as e:  # noqa: BLE001 - handed to the consumer
-            self._put(("error", e))
-        finally:
-            if hasattr(it, "close"):
-                it.close()
-
-    def get(self) -> tuple[str, Any]:
-        while True:
-            try:
-                return self._queue.get(timeout=0.1)
-            except queue.Empty:
-                if not self._thread.is_alive() and self._queue.empty():
-                    raise RuntimeError("DataLoader prefetch thread stopped unexpectedly") from None
-
-    def close(self) -> None:
-        self._stop.set()
-        while True:  # unblock a producer waiting on a full queue
-            try:
-                self._queue.get_nowait()
-            except queue.Empty:
-                break
-        self._thread.join()
-
-
-# ----------------------------------------------------------------------------------------------
 # The loader
 
 
@@ -314,19 +69,6 @@ class _Progress:
 
     def __init__(self, epoch: int, position: int):
         self.epoch, self.position, self.done, self.active = epoch, position, False, True
-
-
-def _preload_loader_in_forkserver(ctx: Any) -> None:
-    """Let forked workers start with this module imported, unless the user set a preload list."""
-    from multiprocessing import forkserver
-
-    server = getattr(forkserver, "_forkserver", None)
-    if getattr(server, "_preload_modules", None) == ["__main__"]:
-        ctx.set_forkserver_preload(["__main__", "funcdl.data.loader"])
-
-
-def _shutdown(executor: Executor) -> None:
-    executor.shutdown(wait=True, cancel_futures=True)
 
 
 class DataLoader:
@@ -510,7 +252,7 @@ class DataLoader:
             if hasattr(self.batch_sampler, "set_epoch"):
                 self.batch_sampler.set_epoch(epoch)
             batches = [np.asarray(b, dtype=np.int64) for b in self.batch_sampler]
-            return list(_shard(batches, pi, pc, self.drop_last))
+            return list(shard(batches, pi, pc, self.drop_last))
         if self.sampler is not None:
             if hasattr(self.sampler, "set_epoch"):
                 self.sampler.set_epoch(epoch)
@@ -519,7 +261,7 @@ class DataLoader:
             order = epoch_permutation(len(self.dataset), self.seed, epoch)
         else:
             order = np.arange(len(self.dataset))
-        order = _shard(order, pi, pc, self.drop_last)
+        order = shard(order, pi, pc, self.drop_last)
         bs = self.batch_size
         stop = len(order) - len(order) % bs if self.drop_last else len(order)
         return [order[i:i + bs] for i in range(0, stop, bs)]
@@ -543,14 +285,14 @@ class DataLoader:
             except StopIteration:
                 pass
             except Exception as e:
-                yield _Failure(e, f"while reading sample {count} of the stream")
+                yield Failure(e, f"while reading sample {count} of the stream")
                 return
             if not samples or (self.drop_last and len(samples) < self.batch_size):
                 return
             try:
                 yield collate(samples)
             except Exception as e:
-                yield _Failure(e, f"while collating samples {count - len(samples)}..{count - 1} "
+                yield Failure(e, f"while collating samples {count - len(samples)}..{count - 1} "
                                   "of the stream")
                 return
             if len(samples) < self.batch_size:
@@ -592,12 +334,12 @@ class DataLoader:
                     "level (no lambdas or local classes), or use worker_type='thread'") from e
             ctx = multiprocessing.get_context(self.multiprocessing_context)
             if self.multiprocessing_context == "forkserver":
-                _preload_loader_in_forkserver(ctx)
+                preload_in_forkserver(ctx)
             pool = ProcessPoolExecutor(self.num_workers, mp_context=ctx,
-                                       initializer=_worker_init, initargs=(payload,))
+                                       initializer=worker_init, initargs=(payload,))
         if self.persistent_workers:
             self._pool = pool
-            self._pool_finalizer = weakref.finalize(self, _shutdown, pool)
+            self._pool_finalizer = weakref.finalize(self, shutdown, pool)
         return pool
 
     def close(self) -> None:
@@ -637,7 +379,7 @@ class DataLoader:
                 produce = functools.partial(self._fetch_all, batches)
             if self.prefetch == 0:
                 for batch in produce():
-                    if isinstance(batch, _Failure):
+                    if isinstance(batch, Failure):
                         batch.reraise()
                     progress.position += 1
                     yield self._place(batch)
@@ -650,19 +392,19 @@ class DataLoader:
     def _fetch_all(self, batches: list[np.ndarray]) -> Iterator[Any]:
         where = "prefetch thread" if self.prefetch else "main thread"
         for idx in batches:
-            out = _fetch(self.dataset, self.collate_fn, idx, where)
-            yield out if isinstance(out, _Failure) else self._place(out)
+            out = fetch(self.dataset, self.collate_fn, idx, where)
+            yield out if isinstance(out, Failure) else self._place(out)
 
     def _run_prefetch(self, progress: _Progress, produce: Callable[[], Iterator[Any]]
                       ) -> Iterator[Any]:
         if self.iterable:
             def placed() -> Iterator[Any]:
                 for b in produce():
-                    yield b if isinstance(b, _Failure) else self._place(b)
+                    yield b if isinstance(b, Failure) else self._place(b)
             source = placed
         else:
             source = produce
-        prefetcher = _Prefetcher(source, self.prefetch)
+        prefetcher = Prefetcher(source, self.prefetch)
         try:
             while True:
                 kind, item = prefetcher.get()
@@ -670,7 +412,7 @@ class DataLoader:
                     return
                 if kind == "error":
                     raise item
-                if isinstance(item, _Failure):
+                if isinstance(item, Failure):
                     item.reraise()
                 progress.position += 1
                 yield item
@@ -680,9 +422,9 @@ class DataLoader:
     def _run_pool(self, progress: _Progress, batches: list[np.ndarray]) -> Iterator[Any]:
         pool = self._get_pool()
         if self.worker_type == "thread":
-            task = functools.partial(_fetch, self.dataset, self.collate_fn, where="worker thread")
+            task = functools.partial(fetch, self.dataset, self.collate_fn, where="worker thread")
         else:
-            task = _worker_fetch
+            task = worker_fetch
         pending: collections.deque = collections.deque()
         todo = iter(batches)
         try:
@@ -701,7 +443,7 @@ class DataLoader:
                 nxt = next(todo, None)
                 if nxt is not None:
                     pending.append(pool.submit(task, nxt))
-                if isinstance(out, _Failure):
+                if isinstance(out, Failure):
                     out.reraise()
                 progress.position += 1
                 yield self._place(out)
@@ -709,4 +451,4 @@ class DataLoader:
             for f in pending:
                 f.cancel()
             if pool is not self._pool:
-                _shutdown(pool)
+                shutdown(pool)

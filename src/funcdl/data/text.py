@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from funcdl.data.loader import default_collate
+from funcdl.data.collate import default_collate
 
 __all__ = [
     "get_tokenizer",
