@@ -1,8 +1,9 @@
 """Every declared op, checked from its own declaration (`funcdl.tape.registry`).
 
 Each op's cases draw shapes and values through hypothesis. For each drawn call: the Tensor forward
-equals the plain one, ``tape.grad`` equals ``jax.grad`` of the same function (jitted and eager),
-and, where the op names a torch counterpart, the values and gradients equal PyTorch's. The loss
+equals the plain one, ``tape.grad`` equals ``jax.grad`` and ``tape.jvp`` (forward mode) equals
+``jax.jvp`` of the same function (jitted and eager), and, where the op names a torch counterpart,
+the values and gradients equal PyTorch's. The loss
 weights every output element differently (`funcdl.check.weighted_sum`), so a wrong gradient
 anywhere shows. Nothing here lists ops by hand: a new op is covered by declaring it.
 """
@@ -10,6 +11,7 @@ anywhere shows. Nothing here lists ops by hand: a new op is covered by declaring
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -45,6 +47,12 @@ def leaves(out):
     return jax.tree.leaves(out, is_leaf=lambda x: isinstance(x, T.Tensor))
 
 
+def tangents_for(args):
+    """Fixed random tangents, one per differentiable argument."""
+    rng = np.random.default_rng(7)
+    return tuple(jnp.asarray(rng.normal(size=np.shape(a)), jnp.result_type(a)) for a in args)
+
+
 def assert_close(ours, ref, rtol=RTOL, atol=ATOL, what=""):
     for g, r in zip(ours, ref, strict=True):
         assert g.shape == r.shape and g.dtype == r.dtype, what
@@ -68,15 +76,17 @@ def test_tape_grad_equals_jax_grad_jitted_and_torch(op, case, data):
         return check.weighted_sum(fn(*xs))
 
     @jax.jit
-    def both(*args):
+    def both(args, tangents):
         tensor_out = leaves(fn(*[T.tensor(a, requires_grad=True) for a in args]))
         assert all(isinstance(x, T.Tensor) for x in tensor_out)
         return ([x.data for x in tensor_out], leaves(fn(*args)),
-                T.grad(loss, nums)(*args), jax.grad(loss, nums)(*args))
+                T.grad(loss, nums)(*args), jax.grad(loss, nums)(*args),
+                leaves(T.jvp(fn, args, tangents)), leaves(jax.jvp(fn, args, tangents)))
 
-    tensor_out, plain_out, ours, ref = both(*args)
+    tensor_out, plain_out, ours, ref, ours_jvp, ref_jvp = both(args, tangents_for(args))
     assert_close(tensor_out, plain_out, what="Tensor forward vs plain forward")
     assert_close(ours, ref, what="tape.grad vs jax.grad")
+    assert_close(ours_jvp, ref_jvp, what="tape.jvp vs jax.jvp")
     if op.torch is not None:
         outputs, grads = check.torch_reference(op, case, c)
         assert_close(plain_out, outputs, case.rtol, case.atol, "forward vs torch")
@@ -90,7 +100,7 @@ def test_tape_grad_equals_jax_grad_jitted_and_torch(op, case, data):
 @settings(max_examples=1, deadline=None)
 @given(data=st.data())
 def test_eager_tape_grad_equals_jax_grad(op, case, data):
-    """Eagerly (concrete arrays, op by op) against jitted jax.grad."""
+    """Eagerly (concrete arrays, op by op) against jitted jax.grad and jax.jvp."""
     fn, args = check.op_function(op, case.make(HypothesisDraw(data)))
     nums = tuple(range(len(args)))
 
@@ -98,6 +108,9 @@ def test_eager_tape_grad_equals_jax_grad(op, case, data):
         return check.weighted_sum(fn(*xs))
 
     assert_close(T.grad(loss, nums)(*args), jax.jit(jax.grad(loss, nums))(*args))
+    tangents = tangents_for(args)
+    assert_close(leaves(T.jvp(fn, args, tangents)),
+                 leaves(jax.jit(lambda a, t: jax.jvp(fn, a, t))(args, tangents)))
 
 
 def test_every_public_function_is_a_declared_op_with_cases():

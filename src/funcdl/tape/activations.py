@@ -30,14 +30,16 @@ _log_softmax = jax.jit(jax.nn.log_softmax, static_argnames="axis")
 def sigmoid(x: Any) -> Any:
     """1 / (1 + e^-x); dz/dx = z (1 - z)."""
     return apply("SigmoidBackward0", jax.nn.sigmoid, (unwrap(x),),
-                 (lambda g, z, x: mul(g, mul(z, sub(1.0, z))),))
+                 (lambda g, z, x: mul(g, mul(z, sub(1.0, z))),),
+                 tangents="rules")
 
 
 @op(unary(), torch="torch.tanh", method=True)
 def tanh(x: Any) -> Any:
     """Hyperbolic tangent; dz/dx = 1 - z^2."""
     return apply("TanhBackward0", jnp.tanh, (unwrap(x),),
-                 (lambda g, z, x: mul(g, sub(1.0, mul(z, z))),))
+                 (lambda g, z, x: mul(g, sub(1.0, mul(z, z))),),
+                 tangents="rules")
 
 
 @jax.jit
@@ -50,7 +52,8 @@ def relu(x: Any) -> Any:
     """max(x, 0); gradient 0 at 0 (PyTorch and JAX agree)."""
     return apply("ReluBackward0", _relu, (unwrap(x),),
                  (lambda g, z, x: _relu_grad(g, x) if not isinstance(g, Tensor)
-                  else where(constant(x) > 0, g, 0.0),))
+                  else where(constant(x) > 0, g, 0.0),),
+                 tangents="rules")
 
 
 @op(unary("away"), unary("away", label="slope 0.2", negative_slope=0.2),
@@ -60,7 +63,8 @@ def leaky_relu(x: Any, negative_slope: float = 0.01) -> Any:
     return apply("LeakyReluBackward0",
                  lambda x: jnp.where(x > 0, x, x * negative_slope),
                  (unwrap(x),), (lambda g, z, x: where(constant(x) > 0, g,
-                                                      mul(g, negative_slope)),))
+                                                      mul(g, negative_slope)),),
+                 tangents="rules")
 
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -86,7 +90,8 @@ def gelu(x: Any, approximate: str = "none") -> Any:
     if approximate not in ("none", "tanh"):
         raise ValueError(f"approximate argument must be either none or tanh, got {approximate!r}")
     return apply("GeluBackward0", lambda x: _gelu(x, approximate=approximate == "tanh"),
-                 (unwrap(x),), (lambda g, z, x: mul(g, _gelu_slope(x, approximate)),))
+                 (unwrap(x),), (lambda g, z, x: mul(g, _gelu_slope(x, approximate)),),
+                 tangents="rules")
 
 
 @op(unary(), torch="torch.nn.functional.silu")
@@ -97,7 +102,8 @@ def silu(x: Any) -> Any:
         return mul(s, add(1.0, mul(x, sub(1.0, s))))
 
     return apply("SiluBackward0", _silu, (unwrap(x),),
-                 (lambda g, z, x: mul(g, slope(x)),))
+                 (lambda g, z, x: mul(g, slope(x)),),
+                 tangents="rules")
 
 
 def _softplus_case(d: Any) -> Any:
@@ -113,7 +119,8 @@ def softplus(x: Any, beta: float = 1.0, threshold: float = 20.0) -> Any:
 
     return apply("SoftplusBackward0", forward, (unwrap(x),),
                  (lambda g, z, x: where(constant(x) * beta > threshold, g,
-                                        mul(g, sigmoid(mul(beta, x)))),))
+                                        mul(g, sigmoid(mul(beta, x)))),),
+                 tangents="rules")
 
 
 def _along(fn: Any, x: Any, d: int) -> Any:
@@ -129,7 +136,8 @@ def softmax(x: Any, dim: int = -1) -> Any:
     x = unwrap(x)
     d = canonical_dim(dim, len(shape_of(x)))
     return apply("SoftmaxBackward0", lambda x: _along(_softmax, x, d), (x,),
-                 (lambda g, z, x: mul(z, sub(g, sum(mul(g, z), d, keepdim=True))),))
+                 (lambda g, z, x: mul(z, sub(g, sum(mul(g, z), d, keepdim=True))),),
+                 tangents="rules")
 
 
 @op(along_dim(), torch="torch.log_softmax", method=True)
@@ -138,4 +146,5 @@ def log_softmax(x: Any, dim: int = -1) -> Any:
     x = unwrap(x)
     d = canonical_dim(dim, len(shape_of(x)))
     return apply("LogSoftmaxBackward0", lambda x: _along(_log_softmax, x, d), (x,),
-                 (lambda g, z, x: sub(g, mul(exp(z), sum(g, d, keepdim=True))),))
+                 (lambda g, z, x: sub(g, mul(exp(z), sum(g, d, keepdim=True))),),
+                 tangents=(lambda t, z, x: sub(t, sum(mul(t, exp(z)), d, keepdim=True)),))

@@ -305,7 +305,10 @@ def _source(x: Any, tape_root: Tape) -> Tensor:
         raise TypeError("grad requires real- or complex-valued inputs (input dtype that is a "
                         f"sub-dtype of np.inexact), but got {data.dtype.name}. Pass float "
                         "arrays, or move integer inputs out of `argnums`.")
-    return Tensor(data, requires_grad=True, _tape=tape_root)
+    source = Tensor(data, requires_grad=True, _tape=tape_root)
+    if isinstance(x, Tensor):
+        source._tangent = x._tangent  # a dual input (forward over reverse) keeps its tangent
+    return source
 
 
 def value_and_grad(f: Callable, argnums: int | Sequence[int] = 0,
@@ -347,8 +350,11 @@ def value_and_grad(f: Callable, argnums: int | Sequence[int] = 0,
                 out, aux = out
             out = unwrap(out)
             _real_scalar(out)
-            create = bool(_TAPES.get()) and _GRAD_ENABLED.get()
             all_sources = [s for sources, _ in flat for s in sources]
+            # record the backward pass when an outer tape differentiates it, or when the inputs
+            # carry forward-mode tangents (each backward op then carries them: a Hessian product)
+            create = (bool(_TAPES.get()) and _GRAD_ENABLED.get()) or any(
+                s._tangent is not None for s in all_sources)
             grads = tape_gradient(tape, out, all_sources, create_graph=create)
         finally:
             tape.close()

@@ -38,4 +38,5 @@ def dropout(x: Any, p: float = 0.5, *, key: Any = None, training: bool = True) -
         keep = jax.random.bernoulli(key, 1.0 - p, shape)
         scale = jnp.where(keep, 1.0 / (1.0 - p), 0.0)
     return apply("NativeDropoutBackward0", lambda x: x * scale.astype(x.dtype), (x,),
-                 (lambda g, z, x: mul(g, scale),))
+                 (lambda g, z, x: mul(g, scale),),
+                 tangents="linear")

@@ -32,7 +32,8 @@ def check_broadcast(*xs: Any) -> None:
 def _binary(name: str, fn: Any, a: Any, b: Any, rule_a: Any, rule_b: Any) -> Any:
     a, b = unwrap(a), unwrap(b)
     check_broadcast(a, b)
-    return apply(name, fn, (a, b), (rule_a, rule_b))
+    return apply(name, fn, (a, b), (rule_a, rule_b),
+                 tangents="rules")
 
 
 @op(binary(), torch="torch.add", method=True, operators=("__add__", "__radd__"))
@@ -71,7 +72,8 @@ def div(a: Any, b: Any) -> Any:
 @op(unary(), torch="torch.neg", method=True, operators=("__neg__",))
 def neg(a: Any) -> Any:
     """-a."""
-    return apply("NegBackward0", jnp.negative, (unwrap(a),), (lambda g, z, a: neg(g),))
+    return apply("NegBackward0", jnp.negative, (unwrap(a),), (lambda g, z, a: neg(g),),
+                 tangents="linear")
 
 
 @op(binary("pos", "normal"),
@@ -84,7 +86,8 @@ def pow(a: Any, b: Any) -> Any:
     a, b = unwrap(a), unwrap(b)
     if isinstance(b, int | float) and not isinstance(a, int | float):
         return apply("PowBackward0", lambda a: jnp.power(a, b), (a,),
-                     (lambda g, z, a: mul(g, mul(b, pow(a, b - 1))) if b != 0 else mul(g, 0.0),))
+                     (lambda g, z, a: mul(g, mul(b, pow(a, b - 1))) if b != 0 else mul(g, 0.0),),
+                     tangents="rules")
     return _binary("PowBackward1", jnp.power, a, b,
                    lambda g, z, a, b: mul(g, mul(b, pow(a, sub(b, 1)))),
                    lambda g, z, a, b: mul(g, mul(z, log(where(constant(a) == 0, 1.0, a)))))
@@ -93,34 +96,39 @@ def pow(a: Any, b: Any) -> Any:
 @op(unary(), torch="torch.exp", method=True)
 def exp(a: Any) -> Any:
     """e ** a."""
-    return apply("ExpBackward0", jnp.exp, (unwrap(a),), (lambda g, z, a: mul(g, z),))
+    return apply("ExpBackward0", jnp.exp, (unwrap(a),), (lambda g, z, a: mul(g, z),),
+                 tangents="rules")
 
 
 @op(unary("pos"), torch="torch.log", method=True)
 def log(a: Any) -> Any:
     """Natural logarithm."""
-    return apply("LogBackward0", jnp.log, (unwrap(a),), (lambda g, z, a: div(g, a),))
+    return apply("LogBackward0", jnp.log, (unwrap(a),), (lambda g, z, a: div(g, a),),
+                 tangents="rules")
 
 
 @op(unary("pos"), torch="torch.sqrt", method=True)
 def sqrt(a: Any) -> Any:
     """Square root."""
     return apply("SqrtBackward0", jnp.sqrt, (unwrap(a),),
-                 (lambda g, z, a: div(g, mul(2.0, z)),))
+                 (lambda g, z, a: div(g, mul(2.0, z)),),
+                 tangents="rules")
 
 
 @op(unary("away"), torch="torch.abs", method=True, operators=("__abs__",))
 def abs(a: Any) -> Any:
     """|a|; its gradient at 0 is 0 (sign(0)), as in PyTorch."""
     return apply("AbsBackward0", jnp.abs, (unwrap(a),),
-                 (lambda g, z, a: mul(g, jnp.sign(constant(a))),))
+                 (lambda g, z, a: mul(g, jnp.sign(constant(a))),),
+                 tangents="rules")
 
 
 @op(unary(), torch="torch.erf", method=True)
 def erf(a: Any) -> Any:
     """The error function (used by exact gelu)."""
     return apply("ErfBackward0", jax.scipy.special.erf, (unwrap(a),),
-                 (lambda g, z, a: mul(g, mul(2.0 / math.sqrt(math.pi), exp(neg(mul(a, a))))),))
+                 (lambda g, z, a: mul(g, mul(2.0 / math.sqrt(math.pi), exp(neg(mul(a, a))))),),
+                 tangents="rules")
 
 
 def _tie_share(a: Any, b: Any, bigger: bool) -> Any:
@@ -164,7 +172,8 @@ def where(cond: Any, x: Any, y: Any) -> Any:
     check_broadcast(cond, x, y)
     return apply("WhereBackward0", lambda x, y: jnp.where(cond, x, y), (x, y),
                  (lambda g, z, x, y: where(cond, g, 0.0),
-                  lambda g, z, x, y: where(cond, 0.0, g)))
+                  lambda g, z, x, y: where(cond, 0.0, g)),
+                 tangents="rules")
 
 
 def _masked_fill_case(d: Any) -> Any:
@@ -190,7 +199,8 @@ def masked_fill(x: Any, mask: Any, value: Any) -> Any:
     return apply("MaskedFillBackward0",
                  lambda x, v: jnp.where(mask, jnp.asarray(v, x.dtype), x), (x, value),
                  (lambda g, z, x, v: where(mask, 0.0, g),
-                  lambda g, z, x, v: where(mask, g, 0.0)))
+                  lambda g, z, x, v: where(mask, g, 0.0)),
+                 tangents="rules")
 
 
 def _clip_bounds(d: Any) -> Any:
@@ -234,7 +244,8 @@ def clip(x: Any, min: Any = None, max: Any = None) -> Any:
     return apply("ClampBackward1", forward, (x, lo, hi),
                  (lambda g, z, x, lo, hi: where(inside(x, lo, hi), g, 0.0),
                   lambda g, z, x, lo, hi: where(to_lo(x, lo, hi), g, 0.0),
-                  lambda g, z, x, lo, hi: where(to_hi(x, lo, hi), g, 0.0)))
+                  lambda g, z, x, lo, hi: where(to_hi(x, lo, hi), g, 0.0)),
+                 tangents="rules")
 
 
 def _torch_astype(x: Any, dtype: Any) -> Any:
@@ -250,4 +261,5 @@ def astype(x: Any, dtype: Any) -> Any:
     x = unwrap(x)
     src = jnp.result_type(x)
     return apply("ToCopyBackward0", lambda x: jnp.asarray(x).astype(dtype), (x,),
-                 (lambda g, z, x: astype(g, src),))
+                 (lambda g, z, x: astype(g, src),),
+                 tangents=(lambda t, z, x: astype(t, dtype),))

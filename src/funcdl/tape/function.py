@@ -16,9 +16,11 @@
     Exp.apply(x)
 
 ``forward`` sees plain arrays (the inputs' data) and returns one array. ``backward`` returns one
-gradient per forward input (None for inputs without one). With Tensors among the inputs ``apply``
-records a node named ``ExpBackward``; with plain arrays it is a `jax.custom_vjp`, so `jax.grad`
-uses the same backward. Saved values are constants for higher-order derivatives.
+gradient per forward input (None for inputs without one); the optional ``jvp(ctx, *tangents)``
+gives the output's tangent for forward mode (as torch's ``Function.jvp``). With Tensors among
+the inputs ``apply`` records a node named ``ExpBackward``; with plain arrays it is a
+`jax.custom_vjp`, so `jax.grad` uses the same backward. Saved values are constants for
+higher-order derivatives.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from funcdl.tape.tensor import Tensor, constant, no_grad, unwrap, wrap
+from funcdl.tape.tensor import _DUAL_LEVEL, Tensor, constant, no_grad, tangent_at, unwrap, wrap
 
 
 class FunctionCtx:
@@ -72,6 +74,11 @@ class Function:
         raise NotImplementedError("You must implement the backward function for custom "
                                   "autograd.Function.")
 
+    @staticmethod
+    def jvp(ctx: FunctionCtx, *tangents: Any) -> Any:
+        """Forward mode (optional): the output's tangent from one tangent per input."""
+        raise NotImplementedError
+
     @classmethod
     def apply(cls, *args: Any) -> Any:
         args = tuple(unwrap(a) for a in args)
@@ -90,7 +97,16 @@ class Function:
         def joint(g: Any, z: Any, needs: tuple[bool, ...], *xs: Any) -> tuple:
             return _as_tuple(cls.backward(ctx, g), len(args), name)
 
-        return wrap(f"{name}Backward", out, args, joint=joint)
+        result = wrap(f"{name}Backward", out, args, joint=joint)
+        level = _DUAL_LEVEL.get()
+        tangents = [None if level is None else tangent_at(a, level) for a in args]
+        if any(t is not None for t in tangents):
+            if cls.jvp is Function.jvp:
+                raise RuntimeError(f"Trying to use forward AD with {name} that does not support "
+                                   "it: implement its jvp(ctx, *tangents) staticmethod.")
+            zero = [jnp.zeros_like(constant(a)) if t is None else t for a, t in zip(args, tangents)]
+            result._tangent = (level, constant(cls.jvp(ctx, *zero)))
+        return result
 
     @classmethod
     def _apply_plain(cls, args: tuple) -> Any:

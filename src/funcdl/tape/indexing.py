@@ -62,7 +62,8 @@ def getitem(x: Any, index: Any) -> Any:
     shape = shape_of(x)
     check_index(index, shape)
     return apply(_index_name(index), lambda x: x[index], (x,),
-                 (lambda g, z, x: index_add_into(g, index, shape),))
+                 (lambda g, z, x: index_add_into(g, index, shape),),
+                 tangents="linear")
 
 
 def _basic_parts(index: Any, ndim: int) -> list | None:
@@ -138,7 +139,8 @@ def index_add_into(g: Any, index: Any, shape: tuple[int, ...]) -> Any:
         return jnp.zeros(shape, g.dtype).at[index].add(g)
 
     return apply("IndexPutBackward0", forward, (unwrap(g),),
-                 (lambda gg, z, g: getitem(gg, index),))
+                 (lambda gg, z, g: getitem(gg, index),),
+                 tangents="linear")
 
 
 def _check_ids(ids: Any, size: int) -> None:
@@ -180,7 +182,8 @@ def take(x: Any, indices: Any, dim: int = 0) -> Any:
     _check_ids(ids, shape[d])
     index = (slice(None),) * d + (ids,)
     return apply("IndexSelectBackward0", lambda x: x[index], (x,),
-                 (lambda g, z, x: index_add_into(g, index, shape),))
+                 (lambda g, z, x: index_add_into(g, index, shape),),
+                 tangents="linear")
 
 
 def _embedding_case(d: Any) -> Any:
@@ -199,4 +202,5 @@ def embedding(ids: Any, weight: Any) -> Any:
     ids = jnp.asarray(constant(unwrap(ids)))
     _check_ids(ids, shape[0])
     return apply("EmbeddingBackward0", lambda w: w[ids], (weight,),
-                 (lambda g, z, w: index_add_into(g, ids, shape),))
+                 (lambda g, z, w: index_add_into(g, ids, shape),),
+                 tangents="linear")

@@ -82,7 +82,8 @@ def matmul(a: Any, b: Any) -> Any:
             return reshape(_sum_leading(db, 2), sb)
         return db
 
-    return apply(name, jnp.matmul, (a, b), (rule_a, rule_b))
+    return apply(name, jnp.matmul, (a, b), (rule_a, rule_b),
+                 tangents=(lambda t, z, a, b: matmul(t, b), lambda t, z, a, b: matmul(a, t)))
 
 
 # Eager JAX pays a dispatch (tens of microseconds) per op, so linear's forward and its three
@@ -138,7 +139,9 @@ def linear(x: Any, weight: Any, bias: Any = None) -> Any:
         return tuple(rule(g, z, x, w, b) if need else None for rule, need in zip(rules, needs))
 
     return apply("AddmmBackward0" if bias is not None else "MmBackward0", _linear_forward,
-                 (x, weight, bias), rules, joint)
+                 (x, weight, bias), rules, joint,
+                 tangents=(lambda t, z, x, w, b: linear(t, w), lambda t, z, x, w, b: linear(x, t),
+                           lambda t, z, x, w, b: t))
 
 
 def _triangle_case(d: Any) -> Any:
@@ -150,7 +153,8 @@ def tril(x: Any, diagonal: int = 0) -> Any:
     """Keep the lower triangle (of the last two dims)."""
     x = unwrap(x)
     return apply("TrilBackward0", lambda x: jnp.tril(x, diagonal), (x,),
-                 (lambda g, z, x: tril(g, diagonal),))
+                 (lambda g, z, x: tril(g, diagonal),),
+                 tangents="linear")
 
 
 @op(Case("diagonal", _triangle_case), torch="torch.triu", method=True)
@@ -158,4 +162,5 @@ def triu(x: Any, diagonal: int = 0) -> Any:
     """Keep the upper triangle (of the last two dims)."""
     x = unwrap(x)
     return apply("TriuBackward0", lambda x: jnp.triu(x, diagonal), (x,),
-                 (lambda g, z, x: triu(g, diagonal),))
+                 (lambda g, z, x: triu(g, diagonal),),
+                 tangents="linear")

@@ -160,19 +160,39 @@ def binary_cross_entropy_with_logits(input: Any, target: Any, *, reduction: str 
     def weight(t: Any, pw: Any) -> Any:
         return 1.0 if pw is None else add(1.0, mul(sub(pw, 1.0), t))
 
+    # d(elementwise loss) / d(each input); the rules scale them by dL/d(loss element), the
+    # tangent rules sum (or average) them times the input's tangent
+    def slope_x(x: Any, t: Any, pw: Any) -> Any:
+        return sub(sub(1.0, t), mul(weight(t, pw), sigmoid(neg(x))))
+
+    def slope_t(x: Any, t: Any, pw: Any) -> Any:
+        return neg(x) if pw is None else add(neg(x), mul(sub(pw, 1.0), _softplus_neg(x)))
+
+    def slope_pw(x: Any, t: Any, pw: Any) -> Any:
+        return mul(t, _softplus_neg(x))
+
     def rule_x(g: Any, z: Any, x: Any, t: Any, pw: Any) -> Any:
         if not any(isinstance(v, Tensor) for v in (g, x, t, pw)):
             return _bce_input_grad(g, x, t, pw, reduction)
-        return mul(g_full(g), sub(sub(1.0, t), mul(weight(t, pw), sigmoid(neg(x)))))
+        return mul(g_full(g), slope_x(x, t, pw))
 
-    def rule_t(g: Any, z: Any, x: Any, t: Any, pw: Any) -> Any:
-        tail = softplus(neg(x), 1.0, math.inf)
-        slope = neg(x) if pw is None else add(neg(x), mul(sub(pw, 1.0), tail))
-        return mul(g_full(g), slope)
-
-    def rule_pw(g: Any, z: Any, x: Any, t: Any, pw: Any) -> Any:
-        return mul(g_full(g), mul(t, softplus(neg(x), 1.0, math.inf)))
-
+    slopes = (slope_x, slope_t, slope_pw)
     return apply("BinaryCrossEntropyWithLogitsBackward0",
                  lambda x, t, pw: _bce_forward(x, t, pw, reduction), (x, t, pw),
-                 (rule_x, rule_t, rule_pw))
+                 (rule_x, *(_scaled(g_full, s) for s in slopes[1:])),
+                 tangents=tuple(_summed(reduction, s) for s in slopes))
+
+
+def _softplus_neg(x: Any) -> Any:
+    """softplus(-x), without torch's linear tail (the loss uses the exact log1p(exp(-x)))."""
+    return softplus(neg(x), 1.0, math.inf)
+
+
+def _scaled(g_full: Any, slope: Any) -> Any:
+    """A backward rule: dL/d(loss element) times the element's slope."""
+    return lambda g, z, x, t, pw: mul(g_full(g), slope(x, t, pw))
+
+
+def _summed(reduction: str, slope: Any) -> Any:
+    """A tangent rule: the input's tangent times the slope, reduced like the loss."""
+    return lambda tan, z, x, t, pw: _reduce(mul(tan, slope(x, t, pw)), reduction)

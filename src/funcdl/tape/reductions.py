@@ -40,7 +40,8 @@ def sum(x: Any, dim: Dims = None, keepdim: bool = False) -> Any:
     dims = canonical_dims(dim, len(shape))
     return apply("SumBackward0" if dim is None else "SumBackward1",
                  lambda x: ops.sum(x, dim=dim, keepdim=keepdim), (x,),
-                 (lambda g, z, x: _unreduce(g, shape, dims, keepdim),))
+                 (lambda g, z, x: _unreduce(g, shape, dims, keepdim),),
+                 tangents="linear")
 
 
 @op(reduction(), torch="torch.mean", method=True)
@@ -52,7 +53,17 @@ def mean(x: Any, dim: Dims = None, keepdim: bool = False) -> Any:
     n = _count(shape, dims)
     return apply("MeanBackward0" if dim is None else "MeanBackward1",
                  lambda x: ops.mean(x, dim=dim, keepdim=keepdim), (x,),
-                 (lambda g, z, x: div(_unreduce(g, shape, dims, keepdim), n),))
+                 (lambda g, z, x: div(_unreduce(g, shape, dims, keepdim), n),),
+                 tangents="linear")
+
+
+def _sloped(name: str, forward: Any, x: Any, shape: tuple[int, ...], dims: tuple[int, ...],
+            keepdim: bool, slope: Any) -> Any:
+    """A reduction whose output moves by the sum over ``dims`` of ``slope(z, x) * dx``: the
+    backward pass spreads ``g`` times the slope, forward mode sums the tangent times it."""
+    return apply(name, forward, (x,),
+                 (lambda g, z, x: mul(_unreduce(g, shape, dims, keepdim), slope(z, x)),),
+                 tangents=(lambda t, z, x: sum(mul(t, slope(z, x)), dims, keepdim),))
 
 
 @op(reduction(), torch="torch.amax", method=True)
@@ -62,13 +73,12 @@ def amax(x: Any, dim: Dims = None, keepdim: bool = False) -> Any:
     shape = shape_of(x)
     dims = canonical_dims(dim, len(shape))
 
-    def rule(g: Any, z: Any, x: Any) -> Any:
+    def share(z: Any, x: Any) -> Any:  # 1/k at each of the k maxima, 0 elsewhere
         hit = constant(x) == _unreduce(constant(z), shape, dims, keepdim)
-        share = hit / jnp.sum(hit, axis=dims, keepdims=True)
-        return mul(_unreduce(g, shape, dims, keepdim), share)
+        return hit / jnp.sum(hit, axis=dims, keepdims=True)
 
-    return apply("AmaxBackward0", lambda x: ops.amax(x, dim=dim, keepdim=keepdim), (x,),
-                 (rule,))
+    return _sloped("AmaxBackward0", lambda x: ops.amax(x, dim=dim, keepdim=keepdim), x, shape,
+                   dims, keepdim, share)
 
 
 @op(reduction(min_side=2, correction=[0, 1]), torch="torch.var", method=True)
@@ -78,22 +88,23 @@ def var(x: Any, dim: Dims = None, keepdim: bool = False, *, correction: int = 1)
     shape = shape_of(x)
     dims = canonical_dims(dim, len(shape))
     n = _count(shape, dims)
+    # n == correction divides by zero: inf, so the gradient is inf/nan as in torch
+    scale = 2.0 / (n - correction) if n != correction else math.inf
 
-    def rule(g: Any, z: Any, x: Any) -> Any:
-        centred = sub(x, mean(x, dims, keepdim=True))
-        # n == correction divides by zero: inf, so the gradient is inf/nan as in torch
-        scale = 2.0 / (n - correction) if n != correction else math.inf
-        return mul(_unreduce(g, shape, dims, keepdim), mul(centred, scale))
+    def slope(z: Any, x: Any) -> Any:  # 2 (x - mean) / (n - correction)
+        return mul(sub(x, mean(x, dims, keepdim=True)), scale)
 
-    return apply("VarBackward0",
-                 lambda x: ops.var(x, dim=dim, keepdim=keepdim, correction=correction),
-                 (x,), (rule,))
+    return _sloped("VarBackward0",
+                   lambda x: ops.var(x, dim=dim, keepdim=keepdim, correction=correction), x,
+                   shape, dims, keepdim, slope)
 
 
 def _torch_logsumexp(x: Any, dim: Dims = None, keepdim: bool = False) -> Any:
     import torch
 
-    return torch.logsumexp(x, () if dim is None else dim, keepdim)  # torch has no dim=None
+    # torch has no dim=None, and its dim=() fails on a 1-element 1-D tensor ("output with shape []
+    # doesn't match the broadcast shape [1]"): name every dim instead
+    return torch.logsumexp(x, tuple(range(x.ndim)) if dim is None else dim, keepdim)
 
 
 @op(reduction(), torch=_torch_logsumexp, method=True)
@@ -102,7 +113,6 @@ def logsumexp(x: Any, dim: Dims = None, keepdim: bool = False) -> Any:
     x = unwrap(x)
     shape = shape_of(x)
     dims = canonical_dims(dim, len(shape))
-    return apply("LogsumexpBackward0",
-                 lambda x: ops.logsumexp(x, dim=dim, keepdim=keepdim), (x,),
-                 (lambda g, z, x: mul(_unreduce(g, shape, dims, keepdim),
-                                      exp(sub(x, _unreduce(z, shape, dims, keepdim)))),))
+    return _sloped("LogsumexpBackward0", lambda x: ops.logsumexp(x, dim=dim, keepdim=keepdim),
+                   x, shape, dims, keepdim,
+                   lambda z, x: exp(sub(x, _unreduce(z, shape, dims, keepdim))))  # softmax

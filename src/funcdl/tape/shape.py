@@ -42,7 +42,8 @@ def reshape(x: Any, shape: Sequence[int] | int) -> Any:
     if new == old:
         return x
     return apply("ViewBackward0", lambda x: jnp.reshape(x, new), (x,),
-                 (lambda g, z, x: reshape(g, old),))
+                 (lambda g, z, x: reshape(g, old),),
+                 tangents="linear")
 
 
 def _two_dims_case(d: Any) -> Any:
@@ -57,7 +58,8 @@ def transpose(x: Any, dim0: int, dim1: int) -> Any:
     n = len(shape_of(x))
     d0, d1 = canonical_dim(dim0, n), canonical_dim(dim1, n)
     return apply("TransposeBackward0", lambda x: jnp.swapaxes(x, d0, d1), (x,),
-                 (lambda g, z, x: transpose(g, d0, d1),))
+                 (lambda g, z, x: transpose(g, d0, d1),),
+                 tangents="linear")
 
 
 def _permute_case(d: Any) -> Any:
@@ -74,7 +76,8 @@ def permute(x: Any, dims: Sequence[int]) -> Any:
     perm = permutation(dims, len(shape_of(x)))
     inverse = tuple(int(i) for i in np.argsort(perm))
     return apply("PermuteBackward0", lambda x: jnp.transpose(x, perm), (x,),
-                 (lambda g, z, x: permute(g, inverse),))
+                 (lambda g, z, x: permute(g, inverse),),
+                 tangents="linear")
 
 
 def _squeeze_case(d: Any) -> Any:
@@ -96,7 +99,8 @@ def squeeze(x: Any, dim: int | Sequence[int] | None = None) -> Any:
     drop = canonical_dims(dim, len(old))
     new = tuple(n for i, n in enumerate(old) if not (i in drop and n == 1))
     return apply("SqueezeBackward0" if dim is None else "SqueezeBackward1",
-                 lambda x: jnp.reshape(x, new), (x,), (lambda g, z, x: reshape(g, old),))
+                 lambda x: jnp.reshape(x, new), (x,), (lambda g, z, x: reshape(g, old),),
+                 tangents="linear")
 
 
 def _unsqueeze_case(d: Any) -> Any:
@@ -112,7 +116,8 @@ def unsqueeze(x: Any, dim: int) -> Any:
     d = canonical_dim(dim, len(old) + 1)
     new = old[:d] + (1,) + old[d:]
     return apply("UnsqueezeBackward0", lambda x: jnp.reshape(x, new), (x,),
-                 (lambda g, z, x: reshape(g, old),))
+                 (lambda g, z, x: reshape(g, old),),
+                 tangents="linear")
 
 
 def _expand_case(d: Any) -> Any:
@@ -135,7 +140,8 @@ def expand(x: Any, *shape: Any) -> Any:
     if new == old:
         return x
     return apply("ExpandBackward0", lambda x: jnp.broadcast_to(x, new), (x,),
-                 (lambda g, z, x: g,))  # the engine sums g back to x's shape
+                 (lambda g, z, x: g,),
+                 tangents="linear")  # the engine sums g back to x's shape
 
 
 def _broadcast_to_case(d: Any) -> Any:
@@ -185,7 +191,8 @@ def concatenate(xs: Sequence[Any], dim: int = 0) -> Any:
         return lambda g, z, *xs: getitem(g, index)
 
     return apply("CatBackward0", lambda *xs: jnp.concatenate(xs, axis=d), xs,
-                 tuple(piece(k) for k in range(len(xs))))
+                 tuple(piece(k) for k in range(len(xs))),
+                 tangents="linear")
 
 
 def _stack_case(d: Any) -> Any:
@@ -212,7 +219,8 @@ def stack(xs: Sequence[Any], dim: int = 0) -> Any:
         return lambda g, z, *xs: getitem(g, index)
 
     return apply("StackBackward0", lambda *xs: jnp.stack(xs, axis=d), xs,
-                 tuple(piece(k) for k in range(len(xs))))
+                 tuple(piece(k) for k in range(len(xs))),
+                 tangents="linear")
 
 
 def _split_case(d: Any) -> Any:

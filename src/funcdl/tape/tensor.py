@@ -29,6 +29,10 @@ _TAPES: contextvars.ContextVar[tuple[Tape, ...]] = contextvars.ContextVar("funcd
                                                                             default=())
 _GRAD_ENABLED: contextvars.ContextVar[bool] = contextvars.ContextVar("funcdl_grad", default=True)
 _ANOMALY: contextvars.ContextVar[bool] = contextvars.ContextVar("funcdl_anomaly", default=False)
+# The forward-mode level open now (`forward_ad.dual_level`), None outside: tangents made in a level
+# are visible only inside it, as in torch.autograd.forward_ad.
+_DUAL_LEVEL: contextvars.ContextVar[int | None] = contextvars.ContextVar("funcdl_dual_level",
+                                                                         default=None)
 
 _PLAIN = (jax.Array, np.ndarray, np.generic, int, float, bool, complex, type(None))
 
@@ -127,7 +131,7 @@ class Tensor:
     """
 
     __slots__ = ("data", "requires_grad", "grad", "grad_fn", "_tape", "_version", "_accumulator",
-                 "_retains_grad", "__weakref__")
+                 "_retains_grad", "_tangent", "__weakref__")
     __array_priority__ = 1000  # numpy defers binary operators to Tensor
     __array_ufunc__ = None
 
@@ -147,6 +151,7 @@ class Tensor:
         self._version = 0
         self._accumulator: AccumulateGrad | None = None
         self._retains_grad = False
+        self._tangent: tuple[int, Any] | None = None  # (dual level, forward-mode tangent)
 
     # --- attributes --------------------------------------------------------------------------
     @property
@@ -313,10 +318,15 @@ def _escaped(t: Tensor) -> RuntimeError:
 
 
 def apply(name: str, forward: Callable[..., Any], inputs: tuple, rules: Sequence | None = None,
-          joint: Callable | None = None) -> Any:
+          joint: Callable | None = None, tangents: Sequence | str | None = None) -> Any:
     """Run ``forward`` on the inputs' data; wrap and record when a Tensor is among the inputs.
 
     Plain inputs give the plain forward result, so jax.grad/jit/vmap see ordinary jnp code.
+    ``rules[i](g, z, *xs)`` give input i's gradient (reverse mode); ``tangents`` give the output's
+    tangent in forward mode: per-input rules ``(t, z, *xs) -> contribution``, or ``"linear"``
+    (the op is linear in its inputs: the tangent is ``forward`` of the tangents), or ``"rules"``
+    (the backward rules with ``t`` for ``g`` are the tangent rules: true when the Jacobian is
+    diagonal, as for elementwise ops, or symmetric, as for softmax).
     """
     has_tensor = False
     for x in inputs:
@@ -326,14 +336,51 @@ def apply(name: str, forward: Callable[..., Any], inputs: tuple, rules: Sequence
                 raise _escaped(x)
     if not has_tensor:
         return forward(*inputs)
+    datas = [x.data if isinstance(x, Tensor) else x for x in inputs]
     try:
-        out = forward(*[x.data if isinstance(x, Tensor) else x for x in inputs])
+        out = forward(*datas)
     except jax.errors.UnexpectedTracerError as e:
         raise RuntimeError(
-            f"{name[:-len('Backward0')] or name}: a Tensor among the inputs holds a tracer of a "
-            "finished jax.jit/vmap trace (it was kept from inside a jitted function). Return "
-            "values from the jitted function instead of keeping Tensors made inside it.") from e
-    return wrap(name, out, inputs, rules, joint)
+            f"{_op_name(name)}: a Tensor among the inputs holds a tracer of a finished "
+            "jax.jit/vmap trace (it was kept from inside a jitted function). Return values from "
+            "the jitted function instead of keeping Tensors made inside it.") from e
+    result = wrap(name, out, inputs, rules, joint)
+    level = _DUAL_LEVEL.get()
+    if level is not None:
+        ts = [tangent_at(x, level) for x in inputs]
+        if any(t is not None for t in ts):
+            result._tangent = (level, _tangent_out(name, forward, datas, out, ts, rules,
+                                                   tangents))
+    return result
+
+
+def _op_name(name: str) -> str:
+    return name.removesuffix("Backward0").removesuffix("Backward1") or name
+
+
+def tangent_at(x: Any, level: int) -> Any:
+    """``x``'s forward-mode tangent in ``level`` (None for no tangent, or one of another level)."""
+    if isinstance(x, Tensor) and x._tangent is not None and x._tangent[0] == level:
+        return x._tangent[1]
+    return None
+
+
+def _tangent_out(name: str, forward: Callable, datas: list, out: Any, ts: list, rules: Any,
+                 tangents: Any) -> Any:
+    """The output tangent from the inputs' tangents ``ts`` (None where an input has none)."""
+    if tangents is None:
+        raise RuntimeError(f"Trying to use forward AD with {_op_name(name)} that does not "
+                           "support it because it has not been implemented yet.")
+    if tangents == "linear":
+        t = forward(*[jnp.zeros_like(x) if t is None and x is not None else t
+                      for x, t in zip(datas, ts)])
+    else:
+        per_input = rules if tangents == "rules" else tangents
+        parts = [per_input[i](t, out, *datas) for i, t in enumerate(ts) if t is not None]
+        t = parts[0]
+        for part in parts[1:]:
+            t = t + part
+    return jnp.broadcast_to(constant(t), jnp.shape(out)).astype(jnp.result_type(out))
 
 
 def wrap(name: str, out: Any, inputs: tuple, rules: Sequence | None = None,
@@ -352,6 +399,7 @@ def wrap(name: str, out: Any, inputs: tuple, rules: Sequence | None = None,
     result._version = 0
     result._accumulator = None
     result._retains_grad = False
+    result._tangent = None
     node = Node(name, inputs, rules, joint, result)
     result.grad_fn = node
     for tape in tapes:
