@@ -44,7 +44,7 @@ def _funcdl(batches: list, rounds: int) -> tuple[float, float]:
     graphdef, state = init_state(model(), opt)
     step = make_train_step(graphdef, loss_fn, opt)
     for b in batches[:2]:
-        state, loss, _ = step(state, b)
+        state, loss, _, _ = step(state, b)
     block(loss)
 
     in_fit, bare = [], []
@@ -56,7 +56,7 @@ def _funcdl(batches: list, rounds: int) -> tuple[float, float]:
 
         t0 = time.perf_counter()
         for b in batches:
-            state, loss, _ = step(state, b)
+            state, loss, _, _ = step(state, b)
         block(loss)
         bare.append((time.perf_counter() - t0) / len(batches))
     return min(in_fit), min(bare)

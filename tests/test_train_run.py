@@ -60,7 +60,7 @@ def test_run_state_writes_the_checkpoint_schema():
     assert run.meta() == EXPECTED_META
     arrays = run.arrays()
     assert set(arrays) == {"params", "rest", "opt_state", "counters"}
-    assert set(arrays["counters"]) == {"step", "bad_step", "loss_scale"}
+    assert set(arrays["counters"]) == {"step", "bad_step", "fault", "loss_scale"}
     assert arrays["params"] is run.state.params and arrays["opt_state"] is run.state.opt_state
 
 

@@ -66,7 +66,7 @@ def test_tape_grads_follow_jax_grad_and_a_hand_written_sgd_step_for_step():
     step = make_train_step(graphdef, ce, opt, grad="tape")
     worst = 0.0
     for b, (expected_loss, expected) in zip(batches, reference_trajectory(batches)):
-        state, loss, _ = step(state, b)
+        state, loss, _, _ = step(state, b)
         np.testing.assert_allclose(float(loss), expected_loss, rtol=1e-5)
         got = [np.asarray(x) for x in jax.tree.leaves(state.params)]
         worst = max([worst] + [float(np.max(np.abs(a - e))) for a, e in zip(got, expected)])

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from funcdl.ops.checks import FILL, Check, out_of_range, require
 from funcdl.ops.shapes import canonical_dim, check_index
 from funcdl.tape.cases import Case, array, call, dim, shape
 from funcdl.tape.registry import op
@@ -61,7 +62,8 @@ def getitem(x: Any, index: Any) -> Any:
         return x
     shape = shape_of(x)
     check_index(index, shape)
-    return apply(_index_name(index), lambda x: x[index], (x,),
+    fill = _check_array_indices(index, shape)
+    return apply(_index_name(index), lambda x: _gather(x, index, fill), (x,),
                  (lambda g, z, x: index_add_into(g, index, shape),),
                  tangents="linear")
 
@@ -143,15 +145,58 @@ def index_add_into(g: Any, index: Any, shape: tuple[int, ...]) -> Any:
                  tangents="linear")
 
 
-def _check_ids(ids: Any, size: int) -> None:
+def _gather(x: Any, index: Any, fill: bool) -> Any:
+    """``x[index]``; with ``fill``, entries at out-of-range indices are NaN (integers: their
+    minimum) where JAX would clamp, because no step records the check (``funcdl.ops.checks``)."""
+    return x.at[index].get(mode=FILL) if fill else x[index]
+
+
+def _check_ids(ids: Any, low: int, high: int) -> bool:
+    """torch's errors for ids that are not integers or not in ``[low, high)``: raised now when
+    the ids are concrete, recorded for the jitted step when traced; True when the traced result
+    must be filled (see ``_gather``)."""
     ids = jnp.asarray(ids)
     if not jnp.issubdtype(ids.dtype, jnp.integer):
         raise TypeError(f"Expected tensor for argument #1 'indices' to have one of the following "
                         f"scalar types: Long, Int; but got {ids.dtype} instead (call "
                         ".astype(jnp.int32) first)")
-    if not isinstance(ids, jax.core.Tracer) and ids.size and (
-            int(ids.min()) < -size or int(ids.max()) >= size):
-        raise IndexError("index out of range in self")
+    failed, value = out_of_range(ids, low, high)
+    return require(failed, value, Check(
+        IndexError, f"index out of range in self: id {{value}} is outside [{low}, {high})",
+        "Check the ids against the table size (a tokenizer's vocabulary against the model's)"))
+
+
+def _check_array_indices(index: Any, shape: tuple[int, ...]) -> bool:
+    """torch's IndexError for integer-array indices out of bounds of their dim (concrete:
+    now; traced: recorded); True when the traced result must be filled."""
+    fill = False
+    for d, p in _array_dims(index if isinstance(index, tuple) else (index,), len(shape)):
+        failed, value = out_of_range(p, -shape[d], shape[d])
+        fill = require(failed, value, Check(
+            IndexError, f"index {{value}} is out of bounds for dimension {d} with size "
+            f"{shape[d]}")) or fill
+    return fill
+
+
+def _array_dims(parts: tuple, ndim: int) -> list[tuple[int, Any]]:
+    """``(dim, array)`` of each integer-array part of an index; dims after an Ellipsis are
+    counted from the end."""
+    def width(p: Any) -> int:  # input dims a part consumes (a bool mask: its ndim)
+        return 0 if p is None else (np.ndim(p) if getattr(p, "dtype", None) == np.bool_ else 1)
+
+    def is_ids(p: Any) -> bool:
+        return hasattr(p, "dtype") and jnp.issubdtype(p.dtype, jnp.integer)
+
+    k = next((i for i, p in enumerate(parts) if p is Ellipsis), len(parts))
+    out, d = [], 0
+    for p in parts[:k]:
+        out += [(d, p)] if is_ids(p) else []
+        d += width(p)
+    d = ndim - builtins.sum(width(p) for p in parts[k + 1:])
+    for p in parts[k + 1:]:
+        out += [(d, p)] if is_ids(p) else []
+        d += width(p)
+    return out
 
 
 def _take_case(d: Any) -> Any:
@@ -179,9 +224,9 @@ def take(x: Any, indices: Any, dim: int = 0) -> Any:
     shape = shape_of(x)
     d = canonical_dim(dim, len(shape))
     ids = jnp.asarray(constant(unwrap(indices)))
-    _check_ids(ids, shape[d])
+    fill = _check_ids(ids, -shape[d], shape[d])
     index = (slice(None),) * d + (ids,)
-    return apply("IndexSelectBackward0", lambda x: x[index], (x,),
+    return apply("IndexSelectBackward0", lambda x: _gather(x, index, fill), (x,),
                  (lambda g, z, x: index_add_into(g, index, shape),),
                  tangents="linear")
 
@@ -194,13 +239,15 @@ def _embedding_case(d: Any) -> Any:
 
 @op(Case("repeated ids", _embedding_case), torch="torch.nn.functional.embedding")
 def embedding(ids: Any, weight: Any) -> Any:
-    """Rows of ``weight`` [num_embeddings, dim] for integer ``ids`` (any shape)."""
+    """Rows of ``weight`` [num_embeddings, dim] for integer ``ids`` (any shape). An id outside
+    ``[0, num_embeddings)`` raises IndexError as in torch (under ``fit``'s jitted step: when the
+    step ran; under your own ``jax.jit``: its rows are NaN, see ``funcdl.ops.checks``)."""
     weight = unwrap(weight)
     shape = shape_of(weight)
     if len(shape) != 2:
         raise RuntimeError(f"'weight' must be 2-D, got shape {list(shape)}")
     ids = jnp.asarray(constant(unwrap(ids)))
-    _check_ids(ids, shape[0])
-    return apply("EmbeddingBackward0", lambda w: w[ids], (weight,),
+    fill = _check_ids(ids, 0, shape[0])  # torch's embedding has no negative ids
+    return apply("EmbeddingBackward0", lambda w: _gather(w, ids, fill), (weight,),
                  (lambda g, z, w: index_add_into(g, ids, shape),),
                  tangents="linear")

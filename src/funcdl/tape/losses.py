@@ -5,16 +5,18 @@ from __future__ import annotations
 import builtins
 import functools
 import math
+import warnings
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from funcdl.ops.checks import Check, require
 from funcdl.ops.shapes import broadcast_shapes
 from funcdl.tape.activations import log_softmax, sigmoid, softplus
 from funcdl.tape.cases import Case, array, boolean, call, const, shape
-from funcdl.tape.elementwise import add, div, mul, neg, sub, where
+from funcdl.tape.elementwise import add, astype, div, mul, neg, sub, where
 from funcdl.tape.reductions import mean, sum
 from funcdl.tape.registry import op
 from funcdl.tape.shape import broadcast_to
@@ -33,6 +35,23 @@ def _reduce(loss: Any, reduction: str) -> Any:
     raise ValueError(f"{reduction} is not a valid value for reduction")
 
 
+def _in_float32(*xs: Any) -> tuple:
+    """16-bit float inputs as float32: losses are computed in float32, as under torch.autocast,
+    so a loss above float16's 65504 does not overflow (torch outside autocast would)."""
+    return tuple(astype(x, jnp.float32) if getattr(x, "dtype", None) in (jnp.float16, jnp.bfloat16)
+                 else x for x in xs)
+
+
+def _warn_target_size(input: Any, target: Any) -> None:
+    """torch's warning when a target would broadcast against the input instead of matching it."""
+    a, b = tuple(shape_of(input)), tuple(shape_of(target))
+    if a != b:
+        warnings.warn(f"Using a target size (torch.Size({list(b)})) that is different to the "
+                      f"input size (torch.Size({list(a)})). This will likely lead to incorrect "
+                      "results due to broadcasting. Please ensure they have the same size.",
+                      UserWarning, stacklevel=3)
+
+
 def _mse_case(d: Any) -> Any:
     s = shape(d)
     return call(array(d, s), array(d, s), reduction=d.choice(REDUCTIONS, "reduction"))
@@ -40,9 +59,13 @@ def _mse_case(d: Any) -> Any:
 
 @op(Case("reductions", _mse_case), torch="torch.nn.functional.mse_loss")
 def mse_loss(input: Any, target: Any, reduction: str = "mean") -> Any:
-    """Mean squared error (``torch.nn.functional.mse_loss``)."""
+    """Mean squared error (``torch.nn.functional.mse_loss``). A target of another shape is
+    broadcast with torch's UserWarning ("Using a target size ..."), not refused; 16-bit inputs
+    are computed in float32."""
     if reduction not in REDUCTIONS:
         raise ValueError(f"{reduction} is not a valid value for reduction")
+    _warn_target_size(input, target)
+    input, target = _in_float32(unwrap(input), unwrap(target))
     d = sub(input, target)
     return _reduce(mul(d, d), reduction)
 
@@ -77,14 +100,15 @@ def cross_entropy(input: Any, target: Any, *, ignore_index: int = -100,
 
     Integer targets: the log-likelihood of the class, ``ignore_index`` entries excluded (the mean
     divides by the number kept). Float targets of the input's shape are class probabilities.
-    ``label_smoothing`` mixes the target with the uniform distribution.
+    ``label_smoothing`` mixes the target with the uniform distribution. A class target outside
+    ``[0, C)`` that is not ``ignore_index`` raises torch's IndexError (under your own ``jax.jit``:
+    the loss is NaN, see ``funcdl.ops.checks``); 16-bit inputs are computed in float32.
     """
     if reduction not in REDUCTIONS:
         raise ValueError(f"{reduction} is not a valid value for reduction")
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
-    input = unwrap(input)
-    target = jnp.asarray(constant(unwrap(target)))
+    input, target = _in_float32(unwrap(input), jnp.asarray(constant(unwrap(target))))
     shape = shape_of(input)
     cdim = 1 if len(shape) >= 2 else 0
     n_classes = shape[cdim]
@@ -102,15 +126,31 @@ def cross_entropy(input: Any, target: Any, *, ignore_index: int = -100,
     if target.shape != expected:
         raise RuntimeError(f"Expected target size {list(expected)}, got {list(target.shape)}")
     keep = target != ignore_index
+    bad = keep & ((target < 0) | (target >= n_classes))
+    fill = _check_targets(target, bad, n_classes, ignore_index)
     onehot = jax.nn.one_hot(jnp.where(keep, target, 0), n_classes, axis=cdim, dtype=logp.dtype)
     loss = neg(sum(mul(logp, onehot), cdim))
     if label_smoothing > 0.0:
         smooth = neg(div(sum(logp, cdim), n_classes))
         loss = add(mul(1.0 - label_smoothing, loss), mul(label_smoothing, smooth))
     loss = where(keep, loss, 0.0)
+    if fill:  # an unrecorded traced check: NaN, never the 0.0 an all-zero one-hot gives
+        loss = where(bad, math.nan, loss)
     if reduction == "mean":
         return div(sum(loss), jnp.sum(keep).astype(logp.dtype))
     return _reduce(loss, reduction)
+
+
+def _check_targets(target: Any, bad: Any, n_classes: int, ignore_index: int) -> bool:
+    """torch's IndexError for a class target out of range (not ``ignore_index``): now when
+    concrete, recorded for the jitted step when traced; True when the loss must be filled."""
+    if target.size == 0:
+        return False
+    first = jnp.ravel(target)[jnp.argmax(jnp.ravel(bad))]
+    return require(jnp.any(bad), first, Check(
+        IndexError, "Target {value} is out of bounds.",
+        f"The input has {n_classes} classes: class targets must be in [0, {n_classes}) or equal "
+        f"ignore_index={ignore_index}"))
 
 
 @functools.partial(jax.jit, static_argnames="reduction")
@@ -143,7 +183,7 @@ def binary_cross_entropy_with_logits(input: Any, target: Any, *, reduction: str 
     (1 - t) x + (1 + (pos_weight - 1) t) softplus(-x); dL/dx = (1 - t) - w sigmoid(-x)."""
     if reduction not in REDUCTIONS:
         raise ValueError(f"{reduction} is not a valid value for reduction")
-    x, t, pw = unwrap(input), unwrap(target), unwrap(pos_weight)
+    x, t, pw = _in_float32(unwrap(input), unwrap(target), unwrap(pos_weight))
     shape = shape_of(x)
     if shape != shape_of(t):
         raise ValueError(f"Target size ({list(shape_of(t))}) must be the same as input size "

@@ -26,9 +26,12 @@ class History:
     opt_state: Any = dataclasses.field(default=None, repr=False, compare=False)
 
     def append(self, row: dict[str, Any]) -> None:
-        """Add one epoch's row; an ``eval_loss`` below the best so far makes it the best."""
+        """Add one epoch's row; an ``eval_loss`` below the best so far (not NaN) makes it the
+        best."""
         loss = row.get("eval_loss")
-        if loss is not None and (self.best_eval_loss is None or loss < self.best_eval_loss):
+        if loss is None or math.isnan(loss):  # a NaN is never the best (fit warns about it)
+            pass
+        elif self.best_eval_loss is None or loss < self.best_eval_loss:
             self.best_epoch, self.best_eval_loss = row["epoch"], loss
         self.rows.append(dict(row))
 
@@ -77,6 +80,7 @@ class History:
         """Loss curves (train and eval), beside them every other per-epoch metric, then the lr."""
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure  # no pyplot: the user's backend is left alone
+        from matplotlib.ticker import MaxNLocator
 
         skip = {"epoch", "step", "seconds", "samples_per_s", "train_loss", "eval_loss", "lr",
                 "loss_scale"}
@@ -91,9 +95,16 @@ class History:
         for i, panel in enumerate(panels):
             ax = fig.add_subplot(1, len(panels), i + 1)
             for col in panel:
-                ax.plot(epochs, _floats(self[col]), marker="o", label=col)
+                values = _floats(self[col])
+                ax.plot(epochs, values, marker="o", label=col)
+                if len(epochs) == 1:  # a lone dot says little: write its value beside it
+                    ax.annotate(f"{values[0]:.4g}", (epochs[0], values[0]),
+                                textcoords="offset points", xytext=(6, 6))
             if panel[0] in ("lr", "loss_scale"):
                 ax.set_yscale("log")  # learning rates fall by factors
+            if epochs:  # whole epochs, half an epoch of margin (not 0.96 .. 1.04 for one)
+                ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
             ax.set_xlabel("epoch")
             ax.set_ylabel("loss" if i == 0 and "loss" in panel[0] else "")
             ax.legend()

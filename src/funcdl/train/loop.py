@@ -2,9 +2,9 @@
 
 The five sections of the slides' loop (initialise, forward, loss, backprop, optimise) are one
 compiled step here; what stays in Python is only what must: fetching batches, the progress bar,
-evaluation at the end of each epoch, early stopping, the LR scheduler and checkpoints. The host
-never waits for the device except to draw the bar, to checkpoint and at the end of an epoch.
-Everything a run carries from batch to batch, and to a checkpoint, is one ``RunState``.
+evaluation at the end of each epoch, early stopping, the LR scheduler, checkpoints and logs. The
+host never waits for the device except to draw the bar, to checkpoint, to log and at the end of an
+epoch. Everything a run carries from batch to batch, and to a checkpoint, is one ``RunState``.
 """
 
 from __future__ import annotations
@@ -13,15 +13,20 @@ import dataclasses
 import itertools
 import math
 import os
+import signal
+import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 from flax import nnx
 
 from funcdl.devices import to_host
+from funcdl.ops.checks import raise_fault
 from funcdl.optim import get_lr
 
 from .checkpoint import Checkpointer
@@ -36,12 +41,14 @@ from .steps import (
     batch_size,
     check_grad_mode,
     check_precision,
+    has_one_lr,
     init_state,
     make_eval_step,
     make_train_step,
     split_model,
     unshare,
 )
+from .tensorboard import RunLog
 
 
 @dataclasses.dataclass
@@ -91,29 +98,39 @@ def fit(model: nnx.Module, optimizer: optax.GradientTransformation, train_loader
             or a list of ``(x, y)`` numpy tuples). Resuming mid-epoch uses its ``state_dict()``
             when it has one, and otherwise skips the batches already trained on.
         loss_fn: ``loss_fn(model, batch) -> loss`` or ``-> (loss, aux)`` with ``aux`` a dict of
-            scalar metrics, averaged per epoch into the history as ``train_<name>``.
+            scalar metrics, averaged per epoch into the history as ``train_<name>``. Under
+            ``bf16``/``fp16`` compute the loss in float32 (funcdl.tape's losses do).
         epochs: passes over ``train_loader``.
         eval_loader: batches evaluated (model in ``eval()`` mode) after each epoch.
         grad: ``"jax"`` (``jax.value_and_grad``) or ``"tape"`` (``funcdl.tape.value_and_grad``).
         seed: reseeds the model's RNG streams (dropout), so a run is a function of its inputs.
         metrics: ``{name: fn(model, batch) -> scalar}`` computed on ``eval_loader``.
-        early_stopping: patience (epochs without improvement of the eval loss) or an
-            ``EarlyStopping``.
+        early_stopping: patience (epochs without improvement of the eval loss; a NaN eval loss
+            is no improvement, with a warning) or an ``EarlyStopping``.
         scheduler: stepped with the eval loss after each epoch, e.g.
             ``funcdl.optim.ReduceLROnPlateau``: ``scheduler.step(metric, opt_state) -> opt_state``.
-        checkpoint_dir: where to write checkpoints (orbax) after each epoch and every
-            ``checkpoint_every`` steps, keeping the last ``keep``.
-        resume: continue from the newest valid checkpoint in ``checkpoint_dir`` (if any).
-        progress: draw a progress bar (loss, samples/s) on stderr.
-        log_dir: write ``history.json``, ``history.csv`` and ``history.png`` there each epoch.
+        checkpoint_dir: where to write checkpoints (orbax) after each epoch, every
+            ``checkpoint_every`` steps and on Ctrl-C (the step in flight finishes, the
+            checkpoint is written, then KeyboardInterrupt is raised), keeping the last ``keep``.
+            It is checked for writability before training starts.
+        resume: continue from the newest valid checkpoint in ``checkpoint_dir``; where it resumed
+            is printed with the progress, and a warning says when there was none to resume.
+        progress: progress bars on a terminal or in a notebook (rich), one line per epoch in
+            logs; False prints nothing.
+        log_dir: write ``history.json``, ``history.csv`` and ``history.png`` there each epoch,
+            and TensorBoard event files (``step/*`` scalars each step, ``epoch/*`` each epoch).
         mesh: None, ``"auto"`` (every device, data parallel) or a ``jax.sharding.Mesh`` with a
             ``"data"`` axis: batches are split over it, parameters replicated.
         precision: ``"fp32"``, ``"bf16"`` (bfloat16 compute, float32 master parameters) or
             ``"fp16"`` (float16 compute with dynamic loss scaling, as torch's GradScaler).
 
     Raises:
-        FloatingPointError: the loss (or a gradient) was not finite; the message names the step.
-            The model keeps the last finite parameters and no checkpoint is written after it.
+        FloatingPointError: the loss, the gradients, or the parameters or optimizer state after an
+            update became NaN or inf; the message names the step and which.
+        IndexError: an op's check failed (an id out of range for an embedding, a class target
+            out of range), naming the value and the step.
+        In both cases the model keeps the parameters from before that step and no checkpoint
+        is written after it.
     """
     _check_options(epochs, grad, precision, eval_loader, early_stopping, scheduler,
                    checkpoint_dir, checkpoint_every, resume)
@@ -127,47 +144,111 @@ def fit(model: nnx.Module, optimizer: optax.GradientTransformation, train_loader
     run = RunState(state, {"loader": train_loader, "early_stopping": early_stopping,
                            "scheduler": scheduler})
     ckpt = Checkpointer(checkpoint_dir, keep) if checkpoint_dir is not None else None
+    log = RunLog(log_dir) if log_dir is not None and jax.process_index() == 0 else None
     bar = ProgressBar(epochs, _len(train_loader), enabled=progress)
+    interrupt = _DeferredInterrupt()
 
-    def check_finite() -> None:  # at each sync with the device
-        _check_finite(run, model, ckpt)
+    def check() -> None:  # at each sync with the device
+        _check_healthy(run, train_step, model, ckpt)
 
     def save(every: int | None = 1) -> None:
         """Checkpoint when there is a checkpoint_dir and the step is a multiple of ``every``."""
         if ckpt is not None and every and run.step % every == 0:
-            check_finite()  # a checkpoint never holds parameters from after a NaN
+            check()  # a checkpoint never holds parameters from after a failed step
             run.save(ckpt)
 
+    def after_step() -> None:
+        save(checkpoint_every)
+        if interrupt.requested:
+            _stop_on_interrupt(run, model, ckpt, save)
+
     try:
-        if resume:
-            run.resume(ckpt)
-        run.state, run.sums = place.replicate((run.state, run.sums))
-        stop = False
-        while run.epoch < epochs and not stop:
-            run.begin_epoch()
-            seconds, samples = _train_epoch(run, train_step, train_loader, place, bar,
-                                            check_finite, after_step=lambda: save(checkpoint_every))
-            row = {"epoch": run.epoch + 1, "step": run.step, **_means(run.sums, "train")}
-            if eval_loader is not None:
-                row.update(_evaluate(eval_step, run.state, eval_loader, place))
-            if scheduler is not None and "eval_loss" in row:
-                opt_state = place.replicate(scheduler.step(row["eval_loss"], run.state.opt_state))
-                run.state = unshare(run.state._replace(opt_state=opt_state))
-            row.update(_epoch_stats(run.state, precision, seconds, samples))
-            if early_stopping is not None and "eval_loss" in row:
-                stop = run.history.stopped_early = early_stopping.update(row["eval_loss"])
-            run.history.append(row)
-            bar.end_epoch(run.epoch, run.batch, row)
-            run.end_epoch()
-            if log_dir is not None and jax.process_index() == 0:
-                run.history.save(log_dir)
-            save()
+        with interrupt:
+            if resume:
+                _resume(run, ckpt, bar, log)
+            run.state, run.sums = place.replicate((run.state, run.sums))
+            stop = False
+            while run.epoch < epochs and not stop:
+                run.begin_epoch()
+                seconds, samples = _train_epoch(run, train_step, train_loader, place, bar, check,
+                                                log, after_step=after_step)
+                row = {"epoch": run.epoch + 1, "step": run.step, **_means(run.sums, "train")}
+                if eval_loader is not None:
+                    row.update(_evaluate(eval_step, run, eval_loader, place, model))
+                if scheduler is not None:
+                    opt_state = place.replicate(scheduler.step(row["eval_loss"],
+                                                               run.state.opt_state))
+                    run.state = unshare(run.state._replace(opt_state=opt_state))
+                row.update(_epoch_stats(run.state, precision, seconds, samples))
+                if early_stopping is not None:
+                    stop = run.history.stopped_early = early_stopping.update(row["eval_loss"])
+                run.history.append(row)
+                bar.end_epoch(run.epoch, run.batch, row)
+                run.end_epoch()
+                if log_dir is not None and jax.process_index() == 0:
+                    run.history.save(log_dir)
+                    log.epoch(row["epoch"], row)
+                save()
+                if interrupt.requested:
+                    _stop_on_interrupt(run, model, ckpt, save)
     finally:
+        bar.close()
+        if log is not None:
+            log.close()
         if ckpt is not None:
             ckpt.close()
     nnx.update(model, run.state.params, run.state.rest)
     run.history.opt_state = run.state.opt_state  # to continue training with the same optimizer
     return run.history
+
+
+class _DeferredInterrupt:
+    """While active (main thread only), a first Ctrl-C only sets ``requested``: the loop finishes
+    the step in flight, checkpoints and raises KeyboardInterrupt itself, so the checkpoint and the
+    run's counters agree. A second Ctrl-C interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, self._previous)  # the next Ctrl-C is not deferred
+
+    def __enter__(self) -> _DeferredInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None and not self.requested:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _stop_on_interrupt(run: RunState, model: nnx.Module, ckpt: Checkpointer | None,
+                       save: Callable[[], None]) -> None:
+    """Checkpoint (when there is a checkpoint_dir), give the model the parameters so far and
+    raise KeyboardInterrupt saying where the run stopped."""
+    if ckpt is not None and run.step not in ckpt.steps():
+        save()
+    nnx.update(model, run.state.params, run.state.rest)
+    where = f"interrupted after {run.where(run.step - 1)}"
+    if ckpt is not None:
+        where += f"; checkpoint {run.step} is in {ckpt.directory}: resume with resume=True"
+    raise KeyboardInterrupt(where)
+
+
+def _resume(run: RunState, ckpt: Checkpointer, bar: ProgressBar, log: RunLog | None) -> None:
+    """Load the newest sound checkpoint, and say what happened either way."""
+    if run.resume(ckpt):
+        bar.note(f"resumed at epoch {run.epoch + 1}, step {run.step} (batch {run.batch} of the "
+                 f"epoch) from {os.path.join(ckpt.directory, str(run.step))}")
+        if log is not None:
+            log.resumed(run.step)
+        return
+    why = "the directory did not exist" if ckpt.created else "it holds no checkpoint"
+    warnings.warn(f"resume=True but there is no checkpoint in {ckpt.directory} ({why}): "
+                  "starting from scratch", UserWarning, stacklevel=3)
 
 
 def _check_options(epochs: Any, grad: str, precision: str, eval_loader: Any, early_stopping: Any,
@@ -227,24 +308,30 @@ def _set_mode(model: nnx.Module, training: bool) -> None:
 
 
 def _train_epoch(run: RunState, train_step: CompiledStep, loader: Iterable, place: Placement,
-                 bar: ProgressBar, check_finite: Callable[[], None], *,
+                 bar: ProgressBar, check: Callable[[], None], log: RunLog | None, *,
                  after_step: Callable[[], None]) -> tuple[float, int]:
     """Train on what is left of the epoch in progress; the ``(seconds, samples)`` it took."""
     t_epoch = t_bar = time.perf_counter()
     samples = seen = 0
     for batch in _remaining(loader, run.batch):
-        run.state, loss, sums = train_step(run.state, place.batch(batch))
+        run.state, loss, sums, stats = train_step(run.state, place.batch(batch))
         run.sums = _add(run.sums, sums)
         run.step, run.batch = run.step + 1, run.batch + 1
+        if log is not None:
+            log.step(run.step, loss, sums, stats)
         n = batch_size(batch)
         samples, seen = samples + n, seen + n
-        if bar.due():  # drawing the loss waits for the device: check for a NaN then too
-            check_finite()
+        if bar.due():  # drawing the loss waits for the device: check the step then too
+            check()
             now = time.perf_counter()
             bar.update(run.epoch, run.batch, float(to_host(loss)), seen / max(now - t_bar, 1e-9))
             t_bar, seen = now, 0
         after_step()
-    check_finite()
+    if run.batch == 0:
+        raise ValueError(f"train_loader yielded no batches in epoch {run.epoch + 1}; fit needs at "
+                         "least one per epoch (is the dataset empty, or smaller than batch_size "
+                         "with drop_last=True?)")
+    check()
     return time.perf_counter() - t_epoch, samples
 
 
@@ -258,17 +345,38 @@ def _remaining(loader: Iterable, done: int) -> Iterator:
 
 
 def _add(total: dict | None, sums: dict) -> dict:
-    """The running sums with a batch's added; the first batch's sums start them."""
-    return sums if total is None else add_sums(total, sums)
+    """The running sums with a batch's added; a copy of the first batch's sums starts them (the
+    running sums are donated to ``add_sums``, and the batch's may still be logged)."""
+    return jax.tree.map(jnp.copy, sums) if total is None else add_sums(total, sums)
 
 
-def _evaluate(eval_step: CompiledStep, state: TrainState, loader: Iterable,
-              place: Placement) -> dict[str, float]:
-    """Means of the loss, aux and metrics over ``loader`` as ``eval_<name>`` ({} if empty)."""
-    sums = None
+@jax.jit
+def _first_fault(first: jax.Array, fault: jax.Array) -> jax.Array:
+    return jnp.where(first[0] != 0, first, fault)
+
+
+def _evaluate(eval_step: CompiledStep, run: RunState, loader: Iterable, place: Placement,
+              model: nnx.Module) -> dict[str, float]:
+    """Means of the loss, aux and metrics over ``loader`` as ``eval_<name>``; raises what a
+    failed check raises (the model then holds the parameters trained so far)."""
+    sums = fault = None
     for batch in loader:
-        sums = _add(sums, eval_step(state.params, state.rest, place.batch(batch)))
-    return {} if sums is None else _means(sums, "eval")
+        s, f = eval_step(run.state.params, run.state.rest, place.batch(batch))
+        sums, fault = _add(sums, s), f if fault is None else _first_fault(fault, f)
+    if sums is None:
+        raise ValueError(f"eval_loader yielded no batches after epoch {run.epoch + 1}; pass one "
+                         "with at least one batch, or eval_loader=None")
+    try:
+        raise_fault(fault, eval_step.checks, f"in the evaluation after epoch {run.epoch + 1}")
+    except Exception:
+        nnx.update(model, run.state.params, run.state.rest)
+        raise
+    means = _means(sums, "eval")
+    if math.isnan(means["eval_loss"]):
+        warnings.warn(f"eval_loss is NaN after epoch {run.epoch + 1}: it is never the best epoch, "
+                      "and early stopping counts it as no improvement; check the eval data and "
+                      "the model in eval mode", RuntimeWarning, stacklevel=3)
+    return means
 
 
 def _means(sums: dict | None, prefix: str) -> dict[str, float]:
@@ -289,30 +397,24 @@ def _epoch_stats(state: TrainState, precision: str, seconds: float,
     return {**stats, "seconds": seconds, "samples_per_s": samples / max(seconds, 1e-9)}
 
 
-def _is_lr_holder(x: Any) -> bool:
-    return isinstance(x, optax.InjectStatefulHyperparamsState) and "lr" in x.hyperparams
-
-
 def _lr(opt_state: Any) -> float | None:
     """The learning rate for the history: None for an optimizer with no injected ``lr`` (a plain
     optax transformation) or with several (no one value to report)."""
-    holders = [x for x in jax.tree.leaves(opt_state, is_leaf=_is_lr_holder) if _is_lr_holder(x)]
-    return get_lr(opt_state) if len(holders) == 1 else None
+    return get_lr(opt_state) if has_one_lr(opt_state) else None
 
 
-def _check_finite(run: RunState, model: nnx.Module, ckpt: Checkpointer | None) -> None:
-    """Once a step has had a non-finite loss or gradient: give the model the last finite
-    parameters and raise FloatingPointError naming the step."""
+def _check_healthy(run: RunState, train_step: CompiledStep, model: nnx.Module,
+                   ckpt: Checkpointer | None) -> None:
+    """Once a step has failed (non-finite values, a failed check): give the model the
+    parameters from before it and raise its error, naming the step."""
     bad = int(to_host(run.state.bad_step))
     if bad < 0:
         return
     nnx.update(model, run.state.params, run.state.rest)
-    raise FloatingPointError(
-        f"loss or gradients became NaN or inf at {run.where(bad)}; training stopped and the "
-        "model keeps the parameters from before that step"
-        + (f"; the last good checkpoint in {ckpt.directory} is untouched" if ckpt else "")
-        + ". Lower the learning rate, clip gradients (funcdl.optim.clip_grad_norm) or check the "
-        "data for NaN/inf.")
+    raise_fault(run.state.fault, train_step.checks, (
+        f"at {run.where(bad)}; training stopped and the model keeps the parameters from before "
+        "that step" + (f"; the last good checkpoint in {ckpt.directory} is untouched" if ckpt
+                       else "") + "."))
 
 
 def _len(loader: Iterable) -> int | None:

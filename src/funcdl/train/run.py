@@ -3,7 +3,7 @@
 A checkpoint (``Checkpointer.save(step, arrays, meta)``) is::
 
     arrays  {"params", "rest", "opt_state",                      the TrainState's arrays
-             "counters": {"step", "bad_step", "loss_scale"}}
+             "counters": {"step", "bad_step", "fault", "loss_scale"}}
     meta    {"epoch", "batch", "epoch_starts",                   where the run is
              "history",                                         the epochs done
              "sums",                                            the epoch's running sums
@@ -73,7 +73,7 @@ class RunState:
     def arrays(self) -> dict[str, Any]:
         st = self.state
         return {"params": st.params, "rest": st.rest, "opt_state": st.opt_state,
-                "counters": {"step": st.step, "bad_step": st.bad_step,
+                "counters": {"step": st.step, "bad_step": st.bad_step, "fault": st.fault,
                              "loss_scale": st.loss_scale}}
 
     def meta(self) -> dict[str, Any]:
@@ -98,11 +98,17 @@ class RunState:
                      if self.batch else None)
         for name in STATEFUL:
             helper = self.stateful.get(name)
-            if hasattr(helper, "load_state_dict") and meta.get(name) is not None:
-                helper.load_state_dict(meta[name])
+            state = meta.get(name)
+            if name == "loader" and state is None:
+                # written with a loader that has no state (a list): put one that has at the
+                # checkpoint's position, or it would replay the epoch's finished batches
+                state = {"epoch": self.epoch, "position": self.batch}
+            if hasattr(helper, "load_state_dict") and state is not None:
+                helper.load_state_dict(state)
 
     def save(self, ckpt: Checkpointer) -> None:
-        ckpt.save(self.step, self.arrays(), self.meta())
+        """Write the checkpoint; refused if the parameters or optimizer state are not finite."""
+        ckpt.save(self.step, self.arrays(), self.meta(), finite=("params", "opt_state"))
 
     def resume(self, ckpt: Checkpointer) -> bool:
         """Load the newest sound checkpoint in ``ckpt``; False when there is none."""

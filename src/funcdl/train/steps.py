@@ -5,9 +5,11 @@ variables, what the optimizer updates) and ``rest`` (everything else: RNG stream
 statistics). A step is a pure function of (state, batch); ``jax.jit`` compiles it once per batch
 shape and the state's buffers are donated, so XLA updates them in place.
 
-Non-finite losses never reach the parameters: a step whose loss (or gradients) is not finite keeps
-the previous state and records its index in ``bad_step``; every later step is a no-op. The host
-reads ``bad_step`` whenever it syncs and raises then (see ``funcdl.train.loop``).
+Nothing non-finite and nothing computed from bad inputs reaches the parameters: a step whose loss,
+gradients or updated parameters/optimizer state are not finite, or whose ops failed a check (an id
+out of range: ``funcdl.ops.checks``), keeps the previous state and records its index in
+``bad_step`` and why in ``fault``; every later step is a no-op. The host reads them whenever it
+syncs and raises then (see ``funcdl.train.loop``).
 
 Each step also returns the batch's *sums*: ``{"loss": loss * n, "n": n, <aux name>: value * n}``
 for a batch of ``n`` rows. Added up over an epoch (``add_sums``) and divided by ``"n"`` they give
@@ -26,6 +28,9 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+
+from funcdl.ops.checks import Check, collect, first_fault
+from funcdl.optim import get_lr
 
 GRAD_MODES = ("jax", "tape")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -46,7 +51,8 @@ class TrainState(NamedTuple):
     rest: Any  # nnx.State of every other variable (RNG counters, batch stats)
     opt_state: Any  # the optax state
     step: jax.Array  # int32: batches processed so far
-    bad_step: jax.Array  # int32: first step with a non-finite loss or gradient, -1 if none
+    bad_step: jax.Array  # int32: the first step that failed (non-finite, bad input), -1 if none
+    fault: jax.Array  # int32 [code, value]: why it failed, a code of the step's ``checks``
     loss_scale: LossScale  # scale 1.0 and never updated unless precision == "fp16"
 
 
@@ -113,6 +119,7 @@ def init_state(model: nnx.Module, optimizer: optax.GradientTransformation, *,
         opt_state=optimizer.init(params),
         step=jnp.asarray(0, jnp.int32),
         bad_step=jnp.asarray(-1, jnp.int32),
+        fault=jnp.zeros(2, jnp.int32),
         loss_scale=init_loss_scale(precision),
     ))
     return graphdef, state
@@ -135,18 +142,23 @@ def unshare(tree: Any) -> Any:
 
 def split_loss(out: Any) -> tuple[jax.Array, dict]:
     """``loss_fn`` returns ``loss`` or ``(loss, aux)`` with ``aux`` a mapping of scalars."""
-    if isinstance(out, tuple):
-        if len(out) != 2:
-            raise TypeError(f"loss_fn must return loss or (loss, aux); got a {len(out)}-tuple")
-        loss, aux = out
-        if aux is None:
-            aux = {}
-        if not isinstance(aux, Mapping):
-            raise TypeError(
-                "loss_fn's aux must be a mapping of scalar metrics such as {'accuracy': acc}; "
-                f"got {type(aux).__name__}")
-        return loss, dict(aux)
-    return out, {}
+    if isinstance(out, tuple) and len(out) != 2:
+        raise TypeError(f"loss_fn must return loss or (loss, aux); got a {len(out)}-tuple")
+    loss, aux = out if isinstance(out, tuple) else (out, {})
+    if not (hasattr(loss, "dtype") and hasattr(loss, "shape")):
+        raise TypeError(
+            f"loss_fn returned a {type(loss).__name__} as the loss; return the array it was "
+            "computed as (e.g. jnp.mean(...) or a funcdl.tape loss), not float(...) or .item(), "
+            "which carry no gradient")
+    if tuple(loss.shape) != ():
+        raise TypeError(f"loss_fn must return a scalar loss, got shape {tuple(loss.shape)}; "
+                        "reduce it (e.g. .mean())")
+    aux = {} if aux is None else aux
+    if not isinstance(aux, Mapping):
+        raise TypeError(
+            "loss_fn's aux must be a mapping of scalar metrics such as {'accuracy': acc}; "
+            f"got {type(aux).__name__}")
+    return loss, dict(aux)
 
 
 def _cast_floats(tree: Any, dtype: Any) -> Any:
@@ -172,8 +184,39 @@ def _select(pred: jax.Array, new: Any, old: Any) -> Any:
 
 
 def _all_finite(tree: Any) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+              if jnp.issubdtype(x.dtype, jnp.inexact)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+_ADVICE = ("Lower the learning rate, clip gradients (funcdl.optim.clip_grad_norm) or check the "
+           "data for NaN/inf")
+_FP16_ADVICE = (". Under precision='fp16' a loss above 65504 overflows: compute it in float32 "
+                "(funcdl.tape's losses do; cast the model output with .astype(jnp.float32) "
+                "before a jnp or optax loss)")
+
+
+def builtin_checks(precision: str) -> list[Check]:
+    """The first codes of every train step's registry: 1 loss, 2 gradients, 3 update."""
+    return [
+        Check(FloatingPointError, "the loss became NaN or inf",
+              _ADVICE + (_FP16_ADVICE if precision == "fp16" else "")),
+        Check(FloatingPointError, "the gradients became NaN or inf (the loss was finite)",
+              _ADVICE),
+        Check(FloatingPointError, "the update made the parameters or the optimizer state NaN or "
+              "inf (the loss and gradients were finite)", "Check that the learning rate (and "
+              "its schedule) and the optimizer's hyperparameters are finite"),
+    ]
+
+
+def _is_lr_holder(x: Any) -> bool:
+    return isinstance(x, optax.InjectStatefulHyperparamsState) and "lr" in x.hyperparams
+
+
+def has_one_lr(opt_state: Any) -> bool:
+    """Whether ``opt_state`` injects exactly one ``lr`` (``get_lr`` then reads it); a plain optax
+    transformation has none, a chain of funcdl optimizers may have several."""
+    return sum(map(_is_lr_holder, jax.tree.leaves(opt_state, is_leaf=_is_lr_holder))) == 1
 
 
 def batch_sums(loss: jax.Array, aux: Mapping[str, Any], n: int, ok: jax.Array) -> dict:
@@ -202,72 +245,94 @@ def add_sums(total: dict, batch: dict) -> dict:
 
 def train_step_fn(graphdef: Any, loss_fn: Callable, optimizer: optax.GradientTransformation, *,
                   grad: str = "jax", precision: str = "fp32") -> Callable:
-    """The pure train step ``(state, batch) -> (state, loss, sums)`` (not jitted); ``sums`` are
-    the batch's (see ``batch_sums``)."""
+    """The pure train step ``(state, batch) -> (state, loss, sums, stats)`` (not jitted);
+    ``sums`` are the batch's (see ``batch_sums``), ``stats`` its ``{"grad_norm": ...}``. The
+    function's ``checks`` attribute is the registry its ``fault`` codes index."""
     check_grad_mode(grad)
     check_precision(precision)
     if grad == "tape" and precision != "fp32":
         raise ValueError(f"precision={precision!r} needs grad='jax'; the tape computes in float32")
     dtype = _COMPUTE_DTYPE[precision]
     value_and_grad = _value_and_grad(grad)
+    registry = builtin_checks(precision)
 
-    def step(state: TrainState, batch: Any) -> tuple[TrainState, jax.Array, dict]:
+    def step(state: TrainState, batch: Any) -> tuple[TrainState, jax.Array, dict, dict]:
         def objective(params):
             # fresh Variables for `rest` at this trace level, so NNX lets the model update them
             rest = jax.tree.map(lambda x: x, state.rest)
             model = nnx.merge(graphdef, _cast_floats(params, dtype), rest)
-            loss, aux = split_loss(loss_fn(model, _cast_floats(batch, dtype)))
+            with collect(registry) as checks:  # ids out of range and the like
+                loss, aux = split_loss(loss_fn(model, _cast_floats(batch, dtype)))
             new_rest = split_model(model)[2]
+            out = (loss, aux, new_rest, checks.fault())
             if dtype is not None:  # master params stay float32; the loss is reported in float32
                 loss = loss.astype(jnp.float32)
-                return loss * state.loss_scale.scale, (loss, aux, new_rest)
-            return loss, (loss, aux, new_rest)
+                return loss * state.loss_scale.scale, (loss, *out[1:])
+            return loss, out
 
-        (_, (loss, aux, new_rest)), grads = value_and_grad(objective, has_aux=True)(state.params)
+        (_, (loss, aux, new_rest, fault)), grads = value_and_grad(
+            objective, has_aux=True)(state.params)
         if precision == "fp16":
             inv = 1.0 / state.loss_scale.scale
             grads = jax.tree.map(lambda g: g * inv, grads)
         healthy = state.bad_step < 0
-        loss_ok = jnp.isfinite(loss)
         grads_ok = _all_finite(grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        apply = healthy & loss_ok & grads_ok
         # float16 overflow in the gradients is expected and only skips the step (GradScaler);
-        # anywhere else a non-finite value is an error.
-        failed = ~loss_ok if precision == "fp16" else ~(loss_ok & grads_ok)
+        # anywhere else a non-finite value is an error. A NaN learning rate shows only here.
+        fault = first_fault([
+            (fault[0] != 0, fault[0], fault[1]),
+            (~jnp.isfinite(loss), 1, 0),
+            (~grads_ok & (precision != "fp16"), 2, 0),
+            (grads_ok & ~_all_finite((params, opt_state)), 3, 0),
+        ])
+        ok = healthy & (fault[0] == 0)
+        apply = ok & grads_ok
         loss_scale = state.loss_scale
         if precision == "fp16":
-            loss_scale = _select(healthy & loss_ok,
-                                 update_loss_scale(loss_scale, ~grads_ok), loss_scale)
+            loss_scale = _select(ok, update_loss_scale(loss_scale, ~grads_ok), loss_scale)
         new = TrainState(
             params=_select(apply, params, state.params),
-            rest=_select(healthy & loss_ok, new_rest, state.rest),
+            rest=_select(ok, new_rest, state.rest),
             opt_state=_select(apply, opt_state, state.opt_state),
             step=state.step + 1,
-            bad_step=jnp.where(healthy & failed, state.step, state.bad_step),
+            bad_step=jnp.where(healthy & ~ok, state.step, state.bad_step),
+            fault=jnp.where(healthy & ~ok, fault, state.fault),
             loss_scale=loss_scale,
         )
-        return new, loss, batch_sums(loss, aux, batch_size(batch), healthy & loss_ok)
+        stats = {"grad_norm": optax.tree.norm(grads)}
+        if has_one_lr(new.opt_state):
+            stats["lr"] = get_lr(new.opt_state)
+        if precision == "fp16":
+            stats["loss_scale"] = new.loss_scale.scale
+        # copies: an output that is the (donated) state's own buffer dies with the next step
+        stats = {k: jnp.array(v, jnp.float32, copy=True) for k, v in stats.items()}
+        return new, loss, batch_sums(loss, aux, batch_size(batch), ok), stats
 
+    step.checks = registry
     return step
 
 
 def eval_step_fn(graphdef: Any, loss_fn: Callable, metrics: Mapping[str, Callable] | None = None,
                  *, precision: str = "fp32") -> Callable:
-    """The pure eval step ``(params, rest, batch) -> sums`` (not jitted): the batch's sums of
-    the loss, the aux entries and ``metrics[name](model, batch)`` (see ``batch_sums``)."""
+    """The pure eval step ``(params, rest, batch) -> (sums, fault)`` (not jitted): the batch's
+    sums of the loss, the aux entries and ``metrics[name](model, batch)`` (see ``batch_sums``),
+    and the ``[code, value]`` of a failed check (codes index the function's ``checks``)."""
     dtype = _COMPUTE_DTYPE[check_precision(precision)]
     metrics = dict(metrics or {})
+    registry: list[Check] = []
 
-    def step(params: Any, rest: Any, batch: Any) -> dict:
+    def step(params: Any, rest: Any, batch: Any) -> tuple[dict, jax.Array]:
         model = nnx.merge(graphdef, _cast_floats(params, dtype), rest)
         b = _cast_floats(batch, dtype)
-        loss, aux = split_loss(loss_fn(model, b))
-        for name, fn in metrics.items():
-            aux[name] = fn(model, b)
-        return batch_sums(loss, aux, batch_size(batch), jnp.asarray(True))
+        with collect(registry) as checks:
+            loss, aux = split_loss(loss_fn(model, b))
+            for name, fn in metrics.items():
+                aux[name] = fn(model, b)
+        return batch_sums(loss, aux, batch_size(batch), jnp.asarray(True)), checks.fault()
 
+    step.checks = registry
     return step
 
 
@@ -281,6 +346,7 @@ class CompiledStep:
     def __init__(self, fn: Callable, *, batch_argnum: int, donate_argnums: tuple[int, ...] = (),
                  name: str = "train step", **jit_kwargs: Any):
         self._fn = jax.jit(fn, donate_argnums=donate_argnums, **jit_kwargs)
+        self.checks: list[Check] = getattr(fn, "checks", [])  # what its fault codes index
         self._batch_argnum = batch_argnum
         self._name = name
         self._seen: list = []
@@ -299,6 +365,7 @@ class CompiledStep:
     def _share(self, other: CompiledStep) -> CompiledStep:
         """This step with ``other``'s compiled code and a fresh record of warned shapes."""
         self._fn, self._batch_argnum, self._name = other._fn, other._batch_argnum, other._name
+        self.checks = other.checks
         self._seen = []
         return self
 
@@ -325,7 +392,7 @@ def _cached(key: Any, build: Callable[[], CompiledStep]) -> CompiledStep:
 def make_train_step(graphdef: Any, loss_fn: Callable, optimizer: optax.GradientTransformation,
                     *, grad: str = "jax", precision: str = "fp32", **jit_kwargs: Any
                     ) -> CompiledStep:
-    """Jitted ``(state, batch) -> (state, loss, sums)``; the state is donated."""
+    """Jitted ``(state, batch) -> (state, loss, sums, stats)``; the state is donated."""
 
     def build():
         fn = train_step_fn(graphdef, loss_fn, optimizer, grad=grad, precision=precision)
@@ -338,7 +405,7 @@ def make_train_step(graphdef: Any, loss_fn: Callable, optimizer: optax.GradientT
 
 def make_eval_step(graphdef: Any, loss_fn: Callable, metrics: Mapping[str, Callable] | None = None,
                    *, precision: str = "fp32", **jit_kwargs: Any) -> CompiledStep:
-    """Jitted ``(params, rest, batch) -> sums``."""
+    """Jitted ``(params, rest, batch) -> (sums, fault)``."""
 
     def build():
         fn = eval_step_fn(graphdef, loss_fn, metrics, precision=precision)
