@@ -1,7 +1,9 @@
 """Flax NNX layers up to a Transformer encoder, at parity with ``torch.nn``.
 
 Every module computes with ``funcdl.tape``'s differentiable functions, so one definition is
-differentiated by ``jax.grad`` and by the tape. ``load_torch_state_dict`` loads PyTorch weights.
+differentiated by ``jax.grad`` and by the tape. ``from_torch`` / ``to_torch`` convert live torch
+modules (configuration and weights), ``load_torch_state_dict`` loads PyTorch weights into a module
+built by hand.
 """
 
 from funcdl.layers.attention import (
@@ -19,8 +21,22 @@ from funcdl.layers.basic import (
     PositionalEmbedding,
     sinusoidal_table,
 )
+from funcdl.layers.counterpart import UnsupportedModuleError
+from funcdl.layers.sequential import (
+    GELU,
+    Identity,
+    LeakyReLU,
+    ReLU,
+    SequenceFirst,
+    Sequential,
+    Sigmoid,
+    SiLU,
+    Tanh,
+)
 from funcdl.layers.torch_io import (
+    from_torch,
     load_torch_state_dict,
+    to_torch,
     to_torch_state_dict,
     torch_state_dict_keys,
 )
@@ -49,7 +65,19 @@ __all__ = [
     "TransformerEncoder",
     "TransformerClassifier",
     "MLMHead",
+    "Sequential",
+    "SequenceFirst",
+    "ReLU",
+    "GELU",
+    "Tanh",
+    "Sigmoid",
+    "SiLU",
+    "Identity",
+    "LeakyReLU",
     "load_torch_state_dict",
     "torch_state_dict_keys",
     "to_torch_state_dict",
+    "from_torch",
+    "to_torch",
+    "UnsupportedModuleError",
 ]

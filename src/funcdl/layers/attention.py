@@ -16,8 +16,9 @@ import numpy as np
 from flax import nnx
 
 from funcdl import tape as F
-from funcdl.layers.basic import Dropout, Linear, check_positive, value
+from funcdl.layers.basic import Dropout, Linear, check_positive, unsupported, value
 from funcdl.layers.counterpart import Example, Transposed, sample, torch_layer
+from funcdl.layers.sequential import SequenceFirst
 
 __all__ = ["scaled_dot_product_attention", "AttentionHead", "MultiHeadAttention", "causal_mask"]
 
@@ -172,6 +173,23 @@ class AttentionHead(nnx.Module):
             key_padding_mask=key_padding_mask, is_causal=is_causal)
 
 
+def check_torch_attention(t) -> None:
+    """Refuse what funcdl's MultiHeadAttention does not compute (naming it)."""
+    if not t._qkv_same_embed_dim:
+        raise unsupported(t, f"kdim={t.kdim}, vdim={t.vdim} != embed_dim={t.embed_dim}")
+    if t.bias_k is not None:
+        raise unsupported(t, "add_bias_kv=True")
+    if t.add_zero_attn:
+        raise unsupported(t, "add_zero_attn=True")
+
+
+def _mha_from_torch(t, b):
+    check_torch_attention(t)
+    m = MultiHeadAttention(t.embed_dim, t.num_heads, dropout=t.dropout,
+                           bias=t.in_proj_bias is not None, rngs=b.rngs)
+    return m if t.batch_first else SequenceFirst(m)
+
+
 @torch_layer(
     "torch.nn.MultiheadAttention",
     keys=lambda m: {"in_proj_weight": Transposed(m.in_proj.w), "in_proj_bias": m.in_proj.b,
@@ -180,6 +198,10 @@ class AttentionHead(nnx.Module):
         MultiHeadAttention(8, 2, rngs=nnx.Rngs(0)),
         torch.nn.MultiheadAttention(8, 2, batch_first=True), sample(2, 3, 8),
         call=lambda t, x: t(x, x, x, need_weights=False)[0]),
+    from_torch=_mha_from_torch,
+    to_torch=lambda m, b: b.torch.nn.MultiheadAttention(
+        m.embed_dim, m.num_heads, dropout=m.attn_dropout.rate, bias=m.in_proj.b is not None,
+        batch_first=True),
 )
 class MultiHeadAttention(nnx.Module):
     """Multi-head attention with one fused projection for q, k and v.

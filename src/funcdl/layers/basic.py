@@ -18,7 +18,14 @@ import numpy as np
 from flax import nnx
 
 from funcdl import tape as F
-from funcdl.layers.counterpart import Example, Transposed, sample, torch_layer
+from funcdl.layers.counterpart import (
+    Example,
+    Transposed,
+    UnsupportedModuleError,
+    sample,
+    torch_layer,
+)
+from funcdl.tape.tensor import constant
 
 __all__ = [
     "Linear",
@@ -88,11 +95,19 @@ def _normal(key: jax.Array, shape: tuple[int, ...], dtype) -> jax.Array:
     return jax.random.normal(key, shape, dtype)
 
 
+def unsupported(t, what: str) -> UnsupportedModuleError:
+    """The error for a torch module configuration funcdl does not compute."""
+    return UnsupportedModuleError(f"from_torch: {type(t).__name__} with {what} is not supported")
+
+
 @torch_layer(
     "torch.nn.Linear",
     keys=lambda m: {"weight": Transposed(m.w), "bias": m.b},
     example=lambda torch: Example(Linear(3, 2, rngs=nnx.Rngs(0)), torch.nn.Linear(3, 2),
                                   sample(4, 3)),
+    from_torch=lambda t, b: Linear(t.in_features, t.out_features, bias=t.bias is not None,
+                                   rngs=b.rngs),
+    to_torch=lambda m, b: b.torch.nn.Linear(m.in_features, m.out_features, bias=m.b is not None),
 )
 class Linear(nnx.Module):
     """The slides' ``LinearLayer``: ``y = x @ w + b``, ``w`` stored ``[in_features, out_features]``.
@@ -128,24 +143,46 @@ class Linear(nnx.Module):
         return F.reshape(y, lead + (self.out_features,)) if len(lead) > 1 else y
 
 
+def _embedding_from_torch(t, b) -> Embedding:
+    if t.max_norm is not None:
+        raise unsupported(t, f"max_norm={t.max_norm}")
+    if t.scale_grad_by_freq:
+        raise unsupported(t, "scale_grad_by_freq=True")
+    return Embedding(t.num_embeddings, t.embedding_dim, padding_idx=t.padding_idx, rngs=b.rngs)
+
+
 @torch_layer(
     "torch.nn.Embedding",
     keys=lambda m: {"weight": m.weight},
     example=lambda torch: Example(Embedding(5, 3, rngs=nnx.Rngs(0)), torch.nn.Embedding(5, 3),
                                   np.array([[0, 4, 2], [1, 1, 3]])),
+    from_torch=_embedding_from_torch,
+    to_torch=lambda m, b: b.torch.nn.Embedding(m.num_embeddings, m.embedding_dim,
+                                               padding_idx=m.padding_idx),
 )
 class Embedding(nnx.Module):
     """A trainable lookup table, ``weight[num_embeddings, embedding_dim]``, initialised N(0, 1)
-    like ``nn.Embedding``; ``emb(ids)`` returns ``weight[ids]``."""
+    like ``nn.Embedding``; ``emb(ids)`` returns ``weight[ids]``.
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, *, dtype=jnp.float32,
-                 rngs: nnx.Rngs):
+    ``padding_idx`` as ``nn.Embedding``'s: that row starts at zero and gets no gradient from the
+    lookup (a tied decoder still trains it, as in torch).
+    """
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, *, padding_idx: int | None = None,
+                 dtype=jnp.float32, rngs: nnx.Rngs):
         check_positive(num_embeddings=num_embeddings, embedding_dim=embedding_dim)
+        if padding_idx is not None:
+            if not -num_embeddings <= padding_idx < num_embeddings:
+                raise ValueError("Padding_idx must be within num_embeddings (got padding_idx="
+                                 f"{padding_idx}, num_embeddings={num_embeddings})")
+            padding_idx %= num_embeddings
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
-        self.weight = nnx.Param(
-            _normal(rngs.params(), (num_embeddings, embedding_dim), dtype)
-        )
+        self.padding_idx = padding_idx
+        weight = _normal(rngs.params(), (num_embeddings, embedding_dim), dtype)
+        if padding_idx is not None:
+            weight = weight.at[padding_idx].set(0)
+        self.weight = nnx.Param(weight)
 
     def __call__(self, ids):
         ids = jnp.asarray(ids)
@@ -162,7 +199,12 @@ class Embedding(nnx.Module):
                     f"index out of range in self: ids span [{lo}, {hi}] but the table has "
                     f"num_embeddings={self.num_embeddings}"
                 )
-        return F.embedding(ids, value(self.weight))
+        rows = F.embedding(ids, value(self.weight))
+        if self.padding_idx is None:
+            return rows
+        # The padding row's value, cut from both engines' graphs: no gradient reaches it.
+        frozen = jax.lax.stop_gradient(constant(value(self.weight))[self.padding_idx])
+        return F.where((ids == self.padding_idx)[..., None], frozen, rows)
 
 
 def sinusoidal_table(length: int, dim: int, dtype=jnp.float32) -> jax.Array:
@@ -176,12 +218,20 @@ def sinusoidal_table(length: int, dim: int, dtype=jnp.float32) -> jax.Array:
     return jnp.asarray(table, dtype)
 
 
+def _learned_only(m: PositionalEmbedding, embedding: type):
+    if m.weight is None:
+        raise UnsupportedModuleError("to_torch: a sinusoidal PositionalEmbedding has no torch "
+                                     "module (its table is not a parameter)")
+    return embedding(m.max_len, m.embed_dim)
+
+
 @torch_layer(
     "torch.nn.Embedding",  # of positions: funcdl adds the table's first T rows to its input
     keys=lambda m: {"weight": m.weight},  # None when sinusoidal
     example=lambda torch: Example(
         PositionalEmbedding(6, 4, rngs=nnx.Rngs(0)), torch.nn.Embedding(6, 4), sample(2, 5, 4),
         call=lambda t, x: x + t(torch.arange(x.shape[-2]))),
+    to_torch=lambda m, b: _learned_only(m, b.torch.nn.Embedding),
 )
 class PositionalEmbedding(nnx.Module):
     """Adds a position code to ``x`` of shape ``(B, T, D)``: ``x + P[arange(T)]``.
@@ -221,10 +271,21 @@ class PositionalEmbedding(nnx.Module):
         return F.add(x, F.getitem(value(self.weight), slice(0, t)))
 
 
+def _layer_norm_from_torch(t, b) -> LayerNorm:
+    if len(t.normalized_shape) != 1:
+        raise unsupported(t, f"normalized_shape={tuple(t.normalized_shape)} (funcdl normalises "
+                             "the last dimension)")
+    if t.weight is None or t.bias is None:
+        raise unsupported(t, "elementwise_affine=False or bias=False")
+    return LayerNorm(t.normalized_shape[0], eps=t.eps)
+
+
 @torch_layer(
     "torch.nn.LayerNorm",
     keys=lambda m: {"weight": m.weight, "bias": m.bias},
     example=lambda torch: Example(LayerNorm(4), torch.nn.LayerNorm(4), sample(3, 4)),
+    from_torch=_layer_norm_from_torch,
+    to_torch=lambda m, b: b.torch.nn.LayerNorm(m.normalized_shape, eps=m.eps),
 )
 class LayerNorm(nnx.Module):
     """``nn.LayerNorm(normalized_shape)`` over the last dimension: ``weight`` ones, ``bias`` zeros,
@@ -247,6 +308,8 @@ class LayerNorm(nnx.Module):
     "torch.nn.Dropout",
     keys=lambda m: {},
     example=lambda torch: Example(Dropout(0.5), torch.nn.Dropout(0.5), sample(3, 4)),
+    from_torch=lambda t, b: Dropout(t.p, rngs=b.rngs),
+    to_torch=lambda m, b: b.torch.nn.Dropout(m.rate),
 )
 class Dropout(nnx.Module):
     """Inverted dropout with its own key stream (forked from ``rngs['dropout']``, which falls back
@@ -285,6 +348,7 @@ class Dropout(nnx.Module):
         MLP((4, 3, 2), rngs=nnx.Rngs(0)),
         torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2)),
         sample(5, 4)),
+    to_torch=lambda m, b: _mlp_to_torch(m, b),
 )
 class MLP(nnx.Module):
     """The slides' fully connected network (default 784-100-50-20-1): ``Linear`` layers with
@@ -311,3 +375,14 @@ class MLP(nnx.Module):
             if i < len(self.layers) - 1:
                 x = act(x)
         return x
+
+
+def _mlp_to_torch(m: MLP, b):
+    from funcdl.layers.sequential import activation_module  # it builds on this module
+
+    mods = []
+    for i, layer in enumerate(m.layers):
+        mods.append(b.child(layer))
+        if i < len(m.layers) - 1:
+            mods.append(b.child(activation_module(m.activation)))
+    return b.torch.nn.Sequential(*mods)

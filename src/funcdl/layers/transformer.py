@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from funcdl import tape as F
-from funcdl.layers.attention import MultiHeadAttention
+from funcdl.layers.attention import MultiHeadAttention, check_torch_attention
 from funcdl.layers.basic import (
     MLP,
     Dropout,
@@ -21,9 +21,18 @@ from funcdl.layers.basic import (
     activation_fn,
     check_positive,
     check_rate,
+    unsupported,
     value,
 )
-from funcdl.layers.counterpart import Example, Row, sample, torch_layer
+from funcdl.layers.counterpart import (
+    Build,
+    Example,
+    Row,
+    UnsupportedModuleError,
+    sample,
+    torch_layer,
+)
+from funcdl.layers.sequential import SequenceFirst, activation_module, activation_name
 
 __all__ = [
     "FeedForward",
@@ -56,6 +65,42 @@ class FeedForward(nnx.Module):
         return self.linear2(self.dropout(activation_fn(self.activation)(self.linear1(x))))
 
 
+def _layer_config(t, b: Build) -> dict:
+    """A torch ``nn.TransformerEncoderLayer``'s configuration as funcdl's keyword arguments."""
+    a = t.self_attn
+    check_torch_attention(a)
+    if a.in_proj_bias is None or t.linear1.bias is None or t.norm1.bias is None:
+        raise unsupported(t, "bias=False")
+    if t.dropout1.p != t.dropout2.p:
+        raise unsupported(t, f"dropout1.p={t.dropout1.p} != dropout2.p={t.dropout2.p}")
+    if t.norm1.eps != t.norm2.eps:
+        raise unsupported(t, f"norm1.eps={t.norm1.eps} != norm2.eps={t.norm2.eps}")
+    return dict(embed_dim=a.embed_dim, num_heads=a.num_heads, ff_dim=t.linear1.out_features,
+                dropout=t.dropout1.p, attention_dropout=a.dropout, activation_dropout=t.dropout.p,
+                activation=activation_name(t.activation, b), norm_first=t.norm_first,
+                layer_norm_eps=t.norm1.eps, batch_first=a.batch_first)
+
+
+def _layer_from_torch(t, b: Build):
+    c = _layer_config(t, b)
+    batch_first = c.pop("batch_first")
+    m = TransformerEncoderLayer(**c, rngs=b.rngs)
+    return m if batch_first else SequenceFirst(m)
+
+
+def _layer_to_torch(m: TransformerEncoderLayer, b: Build):
+    """torch's layer of ``m``'s configuration (static attributes only: ``m`` may be stacked)."""
+    ff, attn = m.feed_forward, m.attention
+    act = ff.activation if ff.activation in ("relu", "gelu") else b.child(
+        activation_module(ff.activation))  # torch's fast path knows the strings
+    t = b.torch.nn.TransformerEncoderLayer(
+        attn.embed_dim, attn.num_heads, ff.linear1.out_features, dropout=m.dropout1.rate,
+        activation=act, layer_norm_eps=m.norm1.eps, batch_first=True, norm_first=m.norm_first)
+    t.self_attn.dropout = attn.attn_dropout.rate  # torch has one rate; set each as funcdl has it
+    t.dropout.p = ff.dropout.rate
+    return t
+
+
 @torch_layer(
     "torch.nn.TransformerEncoderLayer",
     keys=lambda m: {"self_attn": m.attention, "linear1": m.feed_forward.linear1,
@@ -65,6 +110,8 @@ class FeedForward(nnx.Module):
         torch.nn.TransformerEncoderLayer(8, 2, 16, activation="gelu", batch_first=True,
                                          norm_first=True),
         sample(2, 3, 8)),
+    from_torch=_layer_from_torch,
+    to_torch=_layer_to_torch,
 )
 class TransformerEncoderLayer(nnx.Module):
     """Self-attention and feed-forward, each with a residual connection and a LayerNorm.
@@ -74,17 +121,27 @@ class TransformerEncoderLayer(nnx.Module):
     (``norm1(x + attn(x))``, then ``norm2(x + ff(x))``). Same sub-module names as
     ``nn.TransformerEncoderLayer`` apart from ``attention`` (torch: ``self_attn``) and
     ``feed_forward.linear1/2`` (torch: ``linear1/2``).
+
+    ``dropout`` applies to both residual branches and, unless given their own rates, to the
+    attention weights (``attention_dropout``) and after the activation (``activation_dropout``),
+    as in torch; BERT has ``activation_dropout=0``.
     """
 
     def __init__(self, embed_dim: int, num_heads: int, ff_dim: int, *, dropout: float = 0.1,
                  activation: str = "gelu", norm_first: bool = True, layer_norm_eps: float = 1e-5,
+                 attention_dropout: float | None = None, activation_dropout: float | None = None,
                  rngs: nnx.Rngs):
         check_positive(embed_dim=embed_dim, num_heads=num_heads, ff_dim=ff_dim)
         check_rate("dropout", dropout)
+        attention_dropout = dropout if attention_dropout is None else attention_dropout
+        activation_dropout = dropout if activation_dropout is None else activation_dropout
+        check_rate("attention_dropout", attention_dropout)
+        check_rate("activation_dropout", activation_dropout)
         self.norm_first = norm_first
-        self.attention = MultiHeadAttention(embed_dim, num_heads, dropout=dropout, rngs=rngs)
-        self.feed_forward = FeedForward(embed_dim, ff_dim, dropout=dropout, activation=activation,
-                                        rngs=rngs)
+        self.attention = MultiHeadAttention(embed_dim, num_heads, dropout=attention_dropout,
+                                            rngs=rngs)
+        self.feed_forward = FeedForward(embed_dim, ff_dim, dropout=activation_dropout,
+                                        activation=activation, rngs=rngs)
         self.norm1 = LayerNorm(embed_dim, eps=layer_norm_eps)
         self.norm2 = LayerNorm(embed_dim, eps=layer_norm_eps)
         self.dropout1 = Dropout(dropout, rngs=rngs)
@@ -115,6 +172,29 @@ def _index_layer(state, i: int):
     return jax.tree.map(lambda a: F.getitem(a, i) if _is_tape_tensor(a) else a[i], state)
 
 
+def _encoder_from_torch(t, b: Build):
+    configs = [_layer_config(layer, b) for layer in t.layers]
+    if any(c != configs[0] for c in configs):
+        diff = next(i for i, c in enumerate(configs) if c != configs[0])
+        raise UnsupportedModuleError(
+            f"from_torch: TransformerEncoder layers 0 and {diff} differ in configuration "
+            "(funcdl stacks identical layers)")
+    c = configs[0]
+    batch_first = c.pop("batch_first")
+    m = TransformerEncoder(t.num_layers, **c, final_norm=t.norm is not None, rngs=b.rngs)
+    if t.norm is not None:
+        m.norm = b.child(t.norm)  # with its own eps
+    return m if batch_first else SequenceFirst(m)
+
+
+def _encoder_to_torch(m: TransformerEncoder, b: Build):
+    # No nested tensors: torch's fast path returns zeros at padding positions where funcdl (and
+    # torch's regular path) computes them.
+    return b.torch.nn.TransformerEncoder(
+        _layer_to_torch(m.layers, b), m.num_layers,
+        norm=None if m.norm is None else b.child(m.norm), enable_nested_tensor=False)
+
+
 @torch_layer(
     "torch.nn.TransformerEncoder",
     keys=lambda m: {**{f"layers.{i}": Row(m.layers, i) for i in range(m.num_layers)},
@@ -126,6 +206,8 @@ def _index_layer(state, i: int):
                                              norm_first=True),
             2, norm=torch.nn.LayerNorm(8), enable_nested_tensor=False),
         sample(2, 3, 8)),
+    from_torch=_encoder_from_torch,
+    to_torch=_encoder_to_torch,
 )
 class TransformerEncoder(nnx.Module):
     """``num_layers`` identical ``TransformerEncoderLayer``s with stacked parameters.
@@ -136,12 +218,15 @@ class TransformerEncoder(nnx.Module):
     does not grow with depth. Tape ``Tensor``s cannot pass through ``lax.scan`` (it traces its body
     with abstract arrays), so when the parameters or the input are tape Tensors the same body runs
     in a Python loop over the layers instead. ``final_norm=True`` adds a LayerNorm at the end
-    (PyTorch's ``norm=`` argument; its default ``None`` matches ``final_norm=False``).
+    (PyTorch's ``norm=`` argument; its default ``None`` matches ``final_norm=False``). The
+    dropout options are ``TransformerEncoderLayer``'s.
     """
 
     def __init__(self, num_layers: int, embed_dim: int, num_heads: int, ff_dim: int, *,
                  dropout: float = 0.1, activation: str = "gelu", norm_first: bool = True,
-                 layer_norm_eps: float = 1e-5, final_norm: bool = False, rngs: nnx.Rngs):
+                 layer_norm_eps: float = 1e-5, final_norm: bool = False,
+                 attention_dropout: float | None = None, activation_dropout: float | None = None,
+                 rngs: nnx.Rngs):
         check_positive(num_layers=num_layers)
         self.num_layers = num_layers
         self.embed_dim = embed_dim
@@ -149,7 +234,9 @@ class TransformerEncoder(nnx.Module):
         layers = [
             TransformerEncoderLayer(
                 embed_dim, num_heads, ff_dim, dropout=dropout, activation=activation,
-                norm_first=norm_first, layer_norm_eps=layer_norm_eps, rngs=rngs)
+                norm_first=norm_first, layer_norm_eps=layer_norm_eps,
+                attention_dropout=attention_dropout, activation_dropout=activation_dropout,
+                rngs=rngs)
             for _ in range(num_layers)
         ]
         # Stack the layers' states along a new leading axis (what nnx.vmap over the constructor
