@@ -16,6 +16,7 @@ import difflib
 import functools
 import inspect
 import math
+import numbers
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -54,15 +55,20 @@ def _torch_options(factory: Callable[..., optax.GradientTransformation]):
     return checked
 
 
-def _check_lr(lr: Any) -> None:
+def _check_lr(lr: Any) -> LearningRate:
+    """A schedule as it is; a number (Python, numpy scalar or 0-d array, as torch accepts) as a
+    float; torch's errors for anything else."""
     if callable(lr):
-        return
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)):
+        return lr
+    number = isinstance(lr, numbers.Real) or (
+        np.ndim(lr) == 0 and np.issubdtype(getattr(lr, "dtype", np.object_), np.number))
+    if isinstance(lr, bool | np.bool_) or not number:
         raise TypeError(
             f"lr must be a number or a schedule (a callable of the step count), got {lr!r}"
         )
-    if not lr >= 0.0:
+    if not float(lr) >= 0.0:
         raise ValueError(f"Invalid learning rate: {lr}")
+    return float(lr)
 
 
 def _check_nonnegative(**values: float) -> None:
@@ -142,7 +148,7 @@ def sgd(lr: LearningRate = 1e-3, momentum: float = 0, dampening: float = 0,
         weight_decay: float = 0, nesterov: bool = False, *,
         maximize: bool = False) -> optax.GradientTransformation:
     """``torch.optim.SGD``: coupled L2, momentum (first buffer = raw gradient), Nesterov."""
-    _check_lr(lr)
+    lr = _check_lr(lr)
     _check_nonnegative(momentum=momentum, weight_decay=weight_decay)
     if nesterov and (momentum <= 0 or dampening != 0):
         raise ValueError("Nesterov momentum requires a momentum and zero dampening")
@@ -195,7 +201,7 @@ def adagrad(lr: LearningRate = 1e-2, lr_decay: float = 0, weight_decay: float = 
             initial_accumulator_value: float = 0, eps: float = 1e-10, *,
             maximize: bool = False) -> optax.GradientTransformation:
     """``torch.optim.Adagrad``: per-step lr decay, sums start at ``initial_accumulator_value``."""
-    _check_lr(lr)
+    lr = _check_lr(lr)
     _check_nonnegative(lr_decay=lr_decay, weight_decay=weight_decay, eps=eps)
     if not initial_accumulator_value >= 0.0:
         raise ValueError(
@@ -259,7 +265,7 @@ def rmsprop(lr: LearningRate = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
             weight_decay: float = 0, momentum: float = 0, centered: bool = False, *,
             maximize: bool = False) -> optax.GradientTransformation:
     """``torch.optim.RMSprop``: eps outside the square root, optional centering and momentum."""
-    _check_lr(lr)
+    lr = _check_lr(lr)
     _check_nonnegative(eps=eps, momentum=momentum, weight_decay=weight_decay, alpha=alpha)
 
     def make(lr):
@@ -331,7 +337,7 @@ def adam(lr: LearningRate = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps
          weight_decay: float = 0, amsgrad: bool = False, *, maximize: bool = False,
          decoupled_weight_decay: bool = False) -> optax.GradientTransformation:
     """``torch.optim.Adam``: coupled L2 in the gradient (unless ``decoupled_weight_decay``)."""
-    _check_lr(lr)
+    lr = _check_lr(lr)
     _check_nonnegative(eps=eps)
     beta1, beta2 = _check_betas(betas)
     _check_nonnegative(weight_decay=weight_decay)

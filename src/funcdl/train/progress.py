@@ -46,7 +46,7 @@ class ProgressBar:
         self._last = time.perf_counter()
         progress, _, batches = self._live
         progress.update(batches, description=f"epoch {epoch + 1}/{self.epochs}", completed=done,
-                        info=f"loss {loss:.4f} · {samples_per_s:,.0f} samples/s")
+                        info=f"loss {loss:.4f} · {samples_per_s:,.0f} samples/s", refresh=True)
 
     def end_epoch(self, epoch: int, done: int, row: dict) -> None:
         line = summary_line(epoch, self.epochs, done, self.total, row)
@@ -54,14 +54,14 @@ class ProgressBar:
             progress, epochs, batches = self._live
             progress.update(epochs, completed=epoch + 1)
             progress.reset(batches, total=self.total, info="")
-            progress.console.print(line)
+            progress.console.print(line, markup=False, highlight=False)
         elif self.enabled:
             self.note(line)
 
     def note(self, text: str) -> None:
         """A line above the bars (or in the log): resumes and the like."""
         if self._live is not None:
-            self._live[0].console.print(text)
+            self._live[0].console.print(text, markup=False, highlight=False)
         elif self.enabled:
             self.stream.write(text + "\n")
             self.stream.flush()
