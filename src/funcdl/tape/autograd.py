@@ -30,6 +30,7 @@ from funcdl.tape.tensor import (
     Tensor,
     _concrete,
     _escaped,
+    constant,
     no_grad,
     unwrap,
 )
@@ -135,27 +136,31 @@ def _propagate(order: Iterable[Node], seeds: dict[Node, Any], *, create_graph: b
             if node.inputs is None:
                 raise RuntimeError(FREED)
             out = node._out()
+            if out is not None and out._hooks:
+                g = run_grad_hooks(out, g, create_graph)
             if out is not None and (id(out) in keep or out._retains_grad):
                 kept[id(out)] = g
                 if out._retains_grad:
                     _accumulate(out, g, create_graph)
             inputs = node.inputs
-            for x, v in zip(inputs, node.versions):
-                if isinstance(x, Tensor) and x._version != v:
-                    raise RuntimeError(
-                        "one of the variables needed for gradient computation has been modified "
-                        f"by an inplace operation: [Tensor {list(x.shape)}] is at version "
-                        f"{x._version}; expected version {v} instead.")
-            if create_graph:
-                z, xs = out, inputs
-            else:
-                z = None if out is None else out.data
-                xs = tuple(x.data if isinstance(x, Tensor) else x for x in inputs)
-            if node.joint is not None:
-                outs = node.joint(g, z, tuple(node.needs(i) for i in range(len(inputs))), *xs)
-            else:
-                outs = [rule(g, z, *xs) if node.needs(i) and rule is not None else None
-                        for i, rule in enumerate(node.rules)]
+            z = out if create_graph else (None if out is None else out.data)
+            if out is not None and out._version != node.out_version:
+                z = Overwritten(out, node, node.out_version)
+            xs = tuple(Overwritten(x, node, v) if isinstance(x, Tensor) and x._version != v
+                       else (x if create_graph or not isinstance(x, Tensor) else x.data)
+                       for x, v in zip(inputs, node.versions))
+            try:
+                if node.joint is not None:
+                    outs = node.joint(g, z, tuple(node.needs(i) for i in range(len(inputs))),
+                                      *xs)
+                else:
+                    outs = [rule(g, z, *xs) if node.needs(i) and rule is not None else None
+                            for i, rule in enumerate(node.rules)]
+            except Exception as err:  # a rule that read an overwritten value fails on it
+                stale = [v for v in (z, *xs) if isinstance(v, Overwritten)]
+                if stale:
+                    raise RuntimeError(stale[0].message) from err
+                raise
             for i, (x, gi) in enumerate(zip(inputs, outs)):
                 if gi is None or not node.needs(i):
                     continue
@@ -177,6 +182,36 @@ def _propagate(order: Iterable[Node], seeds: dict[Node, Any], *, create_graph: b
                 alive.append(inputs)
                 node.release()
     return leaves, kept
+
+
+def run_grad_hooks(t: Tensor, g: Any, create_graph: bool) -> Any:
+    """``t``'s gradient hooks in registration order, each seeing the last one's result (torch's
+    ``register_hook``): a hook gets a Tensor and may return a replacement of the same shape."""
+    for _, hook in list(t._hooks["grad"]) if t._hooks else ():
+        new = hook(g if isinstance(g, Tensor) else Tensor(g))
+        if new is None:
+            continue
+        new = unwrap(new)
+        if tuple(jnp.shape(constant(new))) != tuple(t.shape):
+            raise RuntimeError(f"hook '{getattr(hook, '__name__', hook)}' has changed the size "
+                               f"of value: expected {list(t.shape)}, got "
+                               f"{list(jnp.shape(constant(new)))}")
+        g = new if create_graph else constant(new)
+    return g
+
+
+class Overwritten:
+    """Stands in for a value an in-place op overwrote after ``node`` used it. It is no array, so a
+    backward rule that reads it fails, and the engine raises torch's error for it; rules that do
+    not need the value (``add``'s) run unharmed, as in torch."""
+
+    def __init__(self, t: Tensor, node: Node, expected: int) -> None:
+        self.shape, self.dtype, self.ndim = t.shape, t.dtype, t.ndim
+        self.message = (
+            "one of the variables needed for gradient computation has been modified by an "
+            f"inplace operation: [Tensor {list(t.shape)}], used by {node.name()}, is at version "
+            f"{t._version}; expected version {expected} instead. "
+            "Hint: write the out-of-place form (y = y * 2) where the old value is still needed.")
 
 
 def _graph_order(root: Node) -> list[Node]:
@@ -232,7 +267,9 @@ def backward(t: Tensor, gradient: Any = None, *, retain_graph: bool | None = Non
         leaf = targets.get(key)
         if leaf is None or (only is not None and key not in only):
             continue
-        _accumulate(leaf, g, create_graph)
+        _accumulate(leaf, run_grad_hooks(leaf, g, create_graph), create_graph)
+        for _, hook in list(leaf._hooks["post"]) if leaf._hooks else ():
+            hook(leaf)
 
 
 def tensor_backward(self: Tensor, gradient: Any = None, retain_graph: bool | None = None,
@@ -278,6 +315,8 @@ def tape_gradient(tape: Tape, target: Any, sources: Sequence[Tensor], *,
         g = leaves.get(id(s)) if s.grad_fn is None else kept.get(id(s))
         if s is target:
             g = seed
+        if g is not None and s.grad_fn is None and s._hooks:
+            g = run_grad_hooks(s, g, create_graph)
         out.append(zeros(s) if g is None else g)
     return out
 

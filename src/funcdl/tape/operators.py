@@ -1,7 +1,8 @@
 """Tensor's operators and methods, installed in one place.
 
-The op methods and operators come from the registry (each op declares its own); ``backward``,
-the comparisons and the transposing properties are added here because they are no ops.
+The op methods and operators come from the registry (each op declares its own), the in-place
+methods (``add_``, ``+=``, ...) from `funcdl.tape.inplace`; ``backward``, the comparisons and the
+transposing properties are added here because they are no ops.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from funcdl.tape import autograd, registry
+from funcdl.tape import autograd, inplace, registry
 from funcdl.tape.shape import permute, transpose
 from funcdl.tape.tensor import Tensor, constant, unwrap
 
@@ -32,7 +33,7 @@ def _t(self: Tensor) -> Any:
 
 def install() -> None:
     """Give `Tensor` every op method and operator, ``backward``, comparisons, ``T`` and ``mT``."""
-    for name, fn in registry.tensor_methods().items():
+    for name, fn in (registry.tensor_methods() | inplace.METHODS).items():
         setattr(Tensor, name, fn)
     for name, fn in COMPARISONS.items():
         setattr(Tensor, name, _comparison(fn))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import itertools
 import traceback
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -33,6 +34,10 @@ _ANOMALY: contextvars.ContextVar[bool] = contextvars.ContextVar("funcdl_anomaly"
 # are visible only inside it, as in torch.autograd.forward_ad.
 _DUAL_LEVEL: contextvars.ContextVar[int | None] = contextvars.ContextVar("funcdl_dual_level",
                                                                          default=None)
+# The `tape.scan` bodies being traced, innermost last (`funcdl.tape.recurrence.Scope`): the
+# innermost sees every recorded op's inputs and output, so it can find the Tensors a body closes
+# over, stand per-step Tensors in for them, and replay saved forward values.
+_SCOPES: contextvars.ContextVar[tuple] = contextvars.ContextVar("funcdl_scopes", default=())
 
 _PLAIN = (jax.Array, np.ndarray, np.generic, int, float, bool, complex, type(None))
 
@@ -46,8 +51,8 @@ class Node:
     whether input i wants one); `Function` uses it, and `linear` for one eager dispatch.
     """
 
-    __slots__ = ("_name", "rules", "joint", "inputs", "versions", "depth", "_out", "stack",
-                 "_next", "__weakref__")
+    __slots__ = ("_name", "rules", "joint", "inputs", "versions", "out_version", "depth", "_out",
+                 "stack", "_next", "__weakref__")
 
     def __init__(self, name: str, inputs: tuple, rules: Sequence | None,
                  joint: Callable | None, out: Tensor) -> None:
@@ -56,6 +61,7 @@ class Node:
         self.rules = rules
         self.joint = joint
         self.versions = tuple(x._version if isinstance(x, Tensor) else 0 for x in inputs)
+        self.out_version = 0  # the output's version when made (an in-place op's output: > 0)
         self.depth = 1 + max((x.grad_fn.depth for x in inputs
                               if isinstance(x, Tensor) and x.grad_fn is not None), default=0)
         self._out = weakref.ref(out)
@@ -131,7 +137,7 @@ class Tensor:
     """
 
     __slots__ = ("data", "requires_grad", "grad", "grad_fn", "_tape", "_version", "_accumulator",
-                 "_retains_grad", "_tangent", "__weakref__")
+                 "_retains_grad", "_tangent", "_hooks", "_consumers", "__weakref__")
     __array_priority__ = 1000  # numpy defers binary operators to Tensor
     __array_ufunc__ = None
 
@@ -152,6 +158,8 @@ class Tensor:
         self._accumulator: AccumulateGrad | None = None
         self._retains_grad = False
         self._tangent: tuple[int, Any] | None = None  # (dual level, forward-mode tangent)
+        self._hooks: dict[str, list] | None = None  # {"grad": [...], "post": [...]}
+        self._consumers: list | None = None  # weakrefs to the nodes using this non-leaf
 
     # --- attributes --------------------------------------------------------------------------
     @property
@@ -229,41 +237,41 @@ class Tensor:
         return self
 
     def retain_grad(self) -> None:
-        """Keep ``.grad`` on this non-leaf after `backward` (as PyTorch's retain_grad)."""
+        """Keep ``.grad`` on this non-leaf after `backward` (as PyTorch's retain_grad); it holds
+        the gradient after this Tensor's hooks ran."""
         if not self.requires_grad:
             raise RuntimeError("can't retain_grad on Tensor that has requires_grad=False")
         self._retains_grad = True
 
-    # --- in-place updates (for `with no_grad(): W -= lr * W.grad`) ---------------------------
-    def _inplace(self, value: Any) -> Tensor:
-        if self.requires_grad and _GRAD_ENABLED.get():
-            if self.is_leaf:
-                raise RuntimeError("a leaf Variable that requires grad is being used in an "
-                                   "in-place operation. Wrap the update in `with no_grad():`.")
-            raise RuntimeError("in-place operations on Tensors inside a recorded graph are not "
-                               "supported; write the out-of-place form (x = x - y).")
-        value = value.data if isinstance(value, Tensor) else jnp.asarray(value)
-        self.data = jnp.broadcast_to(value, self.shape).astype(self.dtype)
-        self._version += 1
-        return self
+    # --- hooks ---------------------------------------------------------------------------
+    def register_hook(self, hook: Callable[[Tensor], Any]) -> RemovableHandle:
+        """Call ``hook(grad)`` whenever the gradient w.r.t. this Tensor is computed; a returned
+        Tensor replaces the gradient (for a leaf: before it is accumulated into ``.grad``)."""
+        if not self.requires_grad:
+            raise RuntimeError("cannot register a hook on a tensor that doesn't require gradient")
+        return self._add_hook("grad", hook)
 
-    def __iadd__(self, other: Any) -> Tensor:
-        return self._inplace(self.data + constant(other))
+    def register_post_accumulate_grad_hook(self, hook: Callable[[Tensor], Any]
+                                           ) -> RemovableHandle:
+        """Call ``hook(tensor)`` after a gradient was accumulated into this leaf's ``.grad``."""
+        if not self.is_leaf:
+            raise RuntimeError("post accumulate grad hooks cannot be registered on non-leaf "
+                               "tensors")
+        if not self.requires_grad:
+            raise RuntimeError("cannot register a hook on a tensor that doesn't require gradient")
+        return self._add_hook("post", hook)
 
-    def __isub__(self, other: Any) -> Tensor:
-        return self._inplace(self.data - constant(other))
+    def _add_hook(self, kind: str, hook: Callable) -> RemovableHandle:
+        if self._hooks is None:
+            self._hooks = {"grad": [], "post": []}
+        hooks = self._hooks[kind]
 
-    def __imul__(self, other: Any) -> Tensor:
-        return self._inplace(self.data * constant(other))
+        def detach(hook_id: int) -> None:
+            hooks[:] = [(i, h) for i, h in hooks if i != hook_id]
 
-    def __itruediv__(self, other: Any) -> Tensor:
-        return self._inplace(self.data / constant(other))
-
-    def zero_(self) -> Tensor:
-        return self._inplace(jnp.zeros_like(self.data))
-
-    def copy_(self, other: Any) -> Tensor:
-        return self._inplace(constant(other))
+        handle = RemovableHandle(detach)
+        hooks.append((handle.id, hook))
+        return handle
 
     def __repr__(self) -> str:
         body = np.array2string(np.asarray(self.data), precision=4, separator=", ",
@@ -274,6 +282,26 @@ class Tensor:
         elif self.requires_grad:
             extra = ", requires_grad=True"
         return f"tensor({body}{extra})"
+
+
+class RemovableHandle:
+    """What ``register_*hook`` returns: ``remove()`` takes the hook off (also on leaving a
+    ``with`` block), as torch's ``RemovableHandle``."""
+
+    _ids = itertools.count()
+
+    def __init__(self, detach: Callable[[int], None]) -> None:
+        self.id = next(RemovableHandle._ids)
+        self._detach = detach  # takes the hook registered under this id off
+
+    def remove(self) -> None:
+        self._detach(self.id)
+
+    def __enter__(self) -> RemovableHandle:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.remove()
 
 
 def _concrete(x: Any) -> bool:
@@ -386,6 +414,9 @@ def _tangent_out(name: str, forward: Callable, datas: list, out: Any, ts: list, 
 def wrap(name: str, out: Any, inputs: tuple, rules: Sequence | None = None,
          joint: Callable | None = None) -> Tensor:
     """Wrap a forward result as a Tensor, recording a node when grad mode needs one."""
+    scopes = _SCOPES.get()
+    if scopes and not scopes[-1].wrapping:  # inside a tape.scan body: the scope calls us back
+        return scopes[-1].wrap(name, out, inputs, rules, joint)
     tapes = _TAPES.get()
     record = _GRAD_ENABLED.get() and any(isinstance(x, Tensor) and x.requires_grad
                                          for x in inputs)
@@ -400,8 +431,15 @@ def wrap(name: str, out: Any, inputs: tuple, rules: Sequence | None = None,
     result._accumulator = None
     result._retains_grad = False
     result._tangent = None
+    result._hooks = None
+    result._consumers = None
     node = Node(name, inputs, rules, joint, result)
     result.grad_fn = node
+    for x in inputs:  # an in-place op on x must point these nodes at x's old value
+        if isinstance(x, Tensor) and x.grad_fn is not None:
+            if x._consumers is None:
+                x._consumers = []
+            x._consumers.append(weakref.ref(node))
     for tape in tapes:
         tape.nodes.append(node)
     return result
