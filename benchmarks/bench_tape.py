@@ -1,7 +1,9 @@
 """The closure tape against jax.grad and PyTorch autograd, on one model definition.
 
 Cases: the slides' 784-100-50-20-1 ReLU MLP (batch 256; --quick: 64), jitted and eager, and a
-Transformer encoder layer (B=16, T=128, D=256, 8 heads, FF 1024; --quick: B=4, T=32), jitted.
+Transformer encoder layer (B=16, T=128, D=256, 8 heads, FF 1024; --quick: B=4, T=32), jitted;
+forward mode (tape.jvp vs jax.jvp on the MLP) and forward vs reverse mode on a wide-input and a
+wide-output Jacobian.
 Every model is written once with funcdl.tape functions; jax.grad differentiates it as plain jnp.
 """
 
@@ -123,8 +125,66 @@ def encoder_rows(batch: int, length: int, repeat: int) -> list[Row]:
             Row("tape.encoder", case, "jax.grad (jit)", t["jax"])]
 
 
+def mlp_logits(params, x):
+    h = x
+    for layer in params[:-1]:
+        h = T.relu(T.linear(h, layer["W"], layer["b"]))
+    return T.linear(h, params[-1]["W"], params[-1]["b"])
+
+
+def jvp_rows(batch: int, repeat: int) -> list[Row]:
+    """Forward mode on the MLP: the logits' directional derivative along a parameter direction,
+    tape.jvp against jax.jvp, jitted and eager."""
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(batch, SIZES[0])), jnp.float32)
+    params = init_mlp()
+    direction = jax.tree.map(lambda p: jnp.ones_like(p) * 1e-2, params)
+    case_jit = f"MLP 784-100-50-20-1, batch {batch}, jvp along the parameters, jitted"
+    case_eager = f"MLP 784-100-50-20-1, batch {batch}, jvp along the parameters, eager"
+
+    def ours(params, t):
+        return T.jvp(lambda p: mlp_logits(p, x), (params,), (t,))
+
+    def ref(params, t):
+        return jax.jvp(lambda p: mlp_logits(p, x), (params,), (t,))
+
+    ours_jit, ref_jit = jax.jit(ours), jax.jit(ref)
+    t = timed({"ours_jit": lambda: ours_jit(params, direction),
+               "ref_jit": lambda: ref_jit(params, direction)}, repeat)
+    t |= timed({"ours": lambda: ours(params, direction),
+                "ref": lambda: ref(params, direction)}, repeat)
+    return [Row("tape.jvp", case_jit, "funcdl tape.jvp (jit)", t["ours_jit"]),
+            Row("tape.jvp", case_jit, "jax.jvp (jit)", t["ref_jit"]),
+            Row("tape.jvp", case_eager, "funcdl tape.jvp (eager)", t["ours"]),
+            Row("tape.jvp", case_eager, "jax.jvp (eager)", t["ref"])]
+
+
+def mode_rows(wide: int, narrow: int, repeat: int) -> list[Row]:
+    """Forward against reverse mode for a full Jacobian: forward mode costs one pass per input,
+    reverse one per output, so each wins on its own shape. The ratio is reverse / forward time:
+    above 1 forward mode wins (few inputs), below 1 reverse mode wins (few outputs)."""
+    rng = np.random.default_rng(2)
+    rows = []
+    for n_in, n_out in ((wide, narrow), (narrow, wide)):
+        w = jnp.asarray(rng.normal(size=(n_out, n_in)) / np.sqrt(n_in), jnp.float32)
+        x = jnp.asarray(rng.normal(size=(n_in,)), jnp.float32)
+
+        def f(x, w=w):
+            return T.tanh(T.matmul(w, T.tanh(x)))
+
+        fwd, rev = jax.jit(T.jacfwd(f)), jax.jit(T.jacrev(f))
+        t = timed({"fwd": lambda fwd=fwd, x=x: fwd(x), "rev": lambda rev=rev, x=x: rev(x)},
+                  repeat)
+        case = f"Jacobian of tanh(W tanh(x)), {n_in} inputs -> {n_out} outputs, jitted"
+        rows += [Row("tape.modes", case, "funcdl tape.jacfwd (forward mode)", t["fwd"]),
+                 Row("tape.modes", case, "tape.jacrev (reverse mode)", t["rev"])]
+    return rows
+
+
 def run(quick: bool = False) -> list[Row]:
     repeat = 3 if quick else 7
     rows = mlp_rows(64 if quick else 256, repeat)
     rows += encoder_rows(4 if quick else 16, 32 if quick else 128, repeat)
+    rows += jvp_rows(64 if quick else 256, repeat)
+    rows += mode_rows(256 if quick else 1024, 4, repeat)
     return rows
