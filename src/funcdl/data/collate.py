@@ -45,6 +45,10 @@ def default_collate(samples: Sequence[Any]) -> Any:
             return type(first)(*columns)
         return type(first)(columns) if isinstance(first, list) else tuple(columns)
     arrays = [np.asarray(s) for s in samples]
+    bad = next((type(s) for s, a in zip(samples, arrays) if a.dtype.kind not in "biufc"), None)
+    if bad is not None:  # numpy would make an array of strings or objects; torch refuses
+        raise TypeError("default_collate: batch must contain tensors, numpy arrays, numbers, "
+                        f"dicts or lists; found {bad}")
     shapes = [a.shape for a in arrays]
     if len(set(shapes)) != 1:
         raise ValueError(_ragged_message(shapes))

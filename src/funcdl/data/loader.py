@@ -14,6 +14,12 @@ consumer breaks out and drops the iterator):
   main script needs the usual ``if __name__ == "__main__":`` guard. The pool lives for one epoch
   unless ``persistent_workers=True`` (then until ``close()`` or garbage collection).
 - ``num_workers=n`` with ``worker_type="thread"``: ``n`` threads, for GIL-releasing work.
+
+A worker process seeds Python's ``random`` and numpy's global RNG before each batch from the
+loader's ``seed``, the epoch and the batch's first index (``workers.seed_rngs``): workers never
+repeat each other's random augmentations, and a seeded loader gives the same values on every run
+whatever the start method and whichever worker runs the batch (torch seeds per worker, and its
+batches go to workers in a fixed order; a process pool hands them to whichever is free).
 """
 
 from __future__ import annotations
@@ -124,6 +130,8 @@ class DataLoader:
                 and 0 <= process_index < process_count):
             raise ValueError(f"need 0 <= process_index < process_count, got process_index="
                              f"{process_index}, process_count={process_count}")
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+            raise TypeError(f"seed must be an integer, got {seed!r}")
         if seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {seed}")
         if device is not None and sharding is not None:
@@ -421,10 +429,10 @@ class DataLoader:
 
     def _run_pool(self, progress: _Progress, batches: list[np.ndarray]) -> Iterator[Any]:
         pool = self._get_pool()
-        if self.worker_type == "thread":
+        if self.worker_type == "thread":  # threads share one RNG: seeding it would race
             task = functools.partial(fetch, self.dataset, self.collate_fn, where="worker thread")
         else:
-            task = worker_fetch
+            task = functools.partial(worker_fetch, seed=self.seed, epoch=progress.epoch)
         pending: collections.deque = collections.deque()
         todo = iter(batches)
         try:

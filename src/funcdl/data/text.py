@@ -160,6 +160,10 @@ class Vocab:
         """Index returned for unknown tokens (``None``: raise KeyError instead)."""
         if index is not None and not isinstance(index, int | np.integer):
             raise TypeError(f"default index must be an int or None, got {type(index).__name__}")
+        if index is not None and not 0 <= index < len(self._itos):
+            raise IndexError(f"default index {index} is out of range for a vocabulary of "
+                             f"{len(self._itos)} tokens; pass an index in [0, {len(self._itos)}), "
+                             "e.g. vocab['<unk>']")
         self._default = None if index is None else int(index)
 
     def get_default_index(self) -> int | None:
@@ -251,11 +255,13 @@ def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int, max_len: int | No
 
     ``L`` is the longest sequence, or ``max_len`` when given (longer sequences are cut when
     ``truncate``, else a ValueError). The mask is True at padding, as PyTorch's
-    ``src_key_padding_mask``.
+    ``src_key_padding_mask``. Sequences must be 1-D integer ids that fit int32 (TypeError or
+    ValueError otherwise: nothing is rounded, wrapped or flattened).
     """
     if len(sequences) == 0:
         raise ValueError("pad_batch needs at least one sequence")
-    seqs = [np.asarray(s, dtype=np.int64).reshape(-1) for s in sequences]
+    seqs = [_token_ids(s, i) for i, s in enumerate(sequences)]
+    _token_ids([pad_id], "pad_id")
     longest = max(len(s) for s in seqs)
     length = longest if max_len is None else int(max_len)
     if max_len is not None and max_len < 1:
@@ -270,6 +276,26 @@ def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int, max_len: int | No
         ids[row, : len(s)] = s
         mask[row, : len(s)] = False
     return ids, mask
+
+
+def _token_ids(seq: Any, which: int | str) -> np.ndarray:
+    """``seq`` as a 1-D int64 array of ids that fit int32; torch-style errors otherwise."""
+    a = np.asarray(seq)
+    name = f"sequence {which}" if isinstance(which, int) else which
+    if a.ndim != 1:
+        raise ValueError(f"pad_batch: {name} has shape {a.shape}; each sequence must be 1-D "
+                         "token ids (pass the rows of a 2-D array as separate sequences)")
+    if a.size == 0:
+        return a.astype(np.int64)
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"pad_batch: {name} has dtype {a.dtype} (e.g. {a.flat[0]!r}); token ids "
+                        "must be integers (round or map them to ids first)")
+    low, high = np.iinfo(np.int32).min, np.iinfo(np.int32).max
+    if a.min() < low or a.max() > high:
+        bad = a.max() if a.max() > high else a.min()
+        raise ValueError(f"pad_batch: {name} holds id {bad}, which does not fit int32 (the ids' "
+                         "dtype)")
+    return a.astype(np.int64)
 
 
 def pad_collate(pad_id: int, max_len: int | None = None,
@@ -304,6 +330,13 @@ def mask_tokens(ids: Any, key: Any, *, mask_id: int, vocab_size: int, special_id
     import jax
     import jax.numpy as jnp
 
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int | np.integer) \
+            or vocab_size < 1:
+        raise ValueError(f"vocab_size must be a positive int, got {vocab_size!r}")
+    if not 0 <= mask_id < vocab_size:
+        raise ValueError(f"mask_id {mask_id} is not an id of the vocabulary [0, {vocab_size})")
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0.0 <= rate <= 1.0:
+        raise ValueError(f"rate must be a probability in [0, 1], got {rate!r}")
     specials = sorted({int(s) for s in special_ids} | {int(mask_id)})
     allowed = np.setdiff1d(np.arange(vocab_size), specials)
     if allowed.size == 0:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pickle
 import queue
+import random
 import threading
 import traceback
 from collections.abc import Callable, Iterator
@@ -81,7 +82,16 @@ def worker_init(payload: bytes) -> None:
     _WORKER["dataset"], _WORKER["collate_fn"] = pickle.loads(payload)
 
 
-def worker_fetch(indices: np.ndarray) -> Any:
+def seed_rngs(seed: int, epoch: int, first_index: int) -> None:
+    """Seed Python's ``random`` and numpy's global RNG for the batch starting at dataset index
+    ``first_index`` of epoch ``epoch`` of a loader seeded ``seed``."""
+    state = np.random.SeedSequence([int(seed), int(epoch), int(first_index)]).generate_state(2)
+    random.seed(int(state[0]) << 32 | int(state[1]))
+    np.random.seed(state)
+
+
+def worker_fetch(indices: np.ndarray, *, seed: int = 0, epoch: int = 0) -> Any:
+    seed_rngs(seed, epoch, int(indices[0]) if len(indices) else 0)
     return fetch(_WORKER["dataset"], _WORKER["collate_fn"], indices, "worker process")
 
 
