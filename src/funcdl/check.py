@@ -94,11 +94,11 @@ def compare_with_jax(loss: Callable, *args: Any, argnums: int | tuple[int, ...] 
                       jax_grads=ref, **times)
 
 
-def weights_for(out: Any) -> list[np.ndarray]:
-    """Fixed random weights in [0.5, 1.5], one array per output leaf (seeded by position)."""
-    leaves = jax.tree.leaves(out, is_leaf=lambda x: isinstance(x, tape.Tensor))
-    return [np.random.default_rng(i).uniform(0.5, 1.5, np.shape(x)).astype(np.float32)
-            for i, x in enumerate(leaves)]
+def weights_for(outputs: list) -> list[np.ndarray]:
+    """Fixed random weights in [0.5, 1.5], one array per output (seeded by position), the same
+    for funcdl's outputs and torch's."""
+    return [np.random.default_rng(i).uniform(0.5, 1.5, tuple(x.shape)).astype(np.float32)
+            for i, x in enumerate(outputs)]
 
 
 def weighted_sum(out: Any) -> Any:
@@ -106,7 +106,7 @@ def weighted_sum(out: Any) -> Any:
     gradient anywhere shows (written with funcdl.tape so Tensors flow through)."""
     leaves = jax.tree.leaves(out, is_leaf=lambda x: isinstance(x, tape.Tensor))
     total = 0.0
-    for leaf, w in zip(leaves, weights_for(out)):
+    for leaf, w in zip(leaves, weights_for(leaves)):
         total = tape.add(total, tape.sum(tape.mul(leaf, w)))
     return total
 
@@ -287,9 +287,7 @@ def torch_reference(o: Op, case: Case, c: Call) -> tuple[list, list]:
               for k, v in c.kwargs.items()}
     out = o.torch_fn()(*args, **kwargs)
     outs = list(out) if isinstance(out, list | tuple) else [out]
-    weights = [np.random.default_rng(i).uniform(0.5, 1.5, tuple(r.shape)).astype(np.float32)
-               for i, r in enumerate(outs)]
-    total = sum((r.float() * torch.from_numpy(w)).sum() for r, w in zip(outs, weights))
+    total = sum((r.float() * torch.from_numpy(w)).sum() for r, w in zip(outs, weights_for(outs)))
     if total.requires_grad:
         total.backward()
     grads = [None if not t.requires_grad else
