@@ -3,7 +3,8 @@
 Every module computes with ``funcdl.tape``'s differentiable functions, so one definition is
 differentiated by ``jax.grad`` and by the tape. ``from_torch`` / ``to_torch`` convert live torch
 modules (configuration and weights), ``load_torch_state_dict`` loads PyTorch weights into a module
-built by hand.
+built by hand; ``from_transformers`` / ``load_transformers`` / ``save_transformers`` do the same for
+Hugging Face BERT-family models, ``load_safetensors`` / ``save_safetensors`` for files.
 """
 
 from funcdl.layers.attention import (
@@ -21,7 +22,9 @@ from funcdl.layers.basic import (
     PositionalEmbedding,
     sinusoidal_table,
 )
+from funcdl.layers.bert import Bert, BertConfig, BertOutput, TextEmbeddings
 from funcdl.layers.counterpart import UnsupportedModuleError
+from funcdl.layers.safetensors_io import load_safetensors, save_safetensors
 from funcdl.layers.sequential import (
     GELU,
     Identity,
@@ -46,6 +49,11 @@ from funcdl.layers.transformer import (
     TransformerClassifier,
     TransformerEncoder,
     TransformerEncoderLayer,
+)
+from funcdl.layers.transformers_io import (
+    from_transformers,
+    load_transformers,
+    save_transformers,
 )
 
 __all__ = [
@@ -80,4 +88,13 @@ __all__ = [
     "from_torch",
     "to_torch",
     "UnsupportedModuleError",
+    "TextEmbeddings",
+    "Bert",
+    "BertConfig",
+    "BertOutput",
+    "from_transformers",
+    "load_transformers",
+    "save_transformers",
+    "save_safetensors",
+    "load_safetensors",
 ]
