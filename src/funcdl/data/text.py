@@ -1,4 +1,5 @@
-"""Text pipeline: tokenizers, n-grams, vocabulary, one-hot, padding, BERT masking, BPE.
+"""Text pipeline: tokenizers, n-grams, vocabulary, one-hot, padding, BERT masking, BPE, and
+Hugging Face ``tokenizer.json`` files (``load_tokenizer``).
 
 ``get_tokenizer``, ``ngrams`` and ``build_vocab`` follow torchtext (``torchtext.data.utils`` and
 ``torchtext.vocab.build_vocab_from_iterator``) rule for rule. JAX and ``tokenizers`` are imported
@@ -28,8 +29,10 @@ __all__ = [
     "pad_batch",
     "pad_collate",
     "mask_tokens",
+    "PretrainedTokenizer",
     "BPETokenizer",
     "train_bpe",
+    "load_tokenizer",
 ]
 
 # torchtext.data.utils._patterns / _replacements, applied in this order after lowercasing.
@@ -358,28 +361,92 @@ def mask_tokens(ids: Any, key: Any, *, mask_id: int, vocab_size: int, special_id
     return inputs, labels
 
 
-class BPETokenizer:
-    """A byte-level BPE tokenizer (Hugging Face ``tokenizers``) with a funcdl ``Vocab``.
+class PretrainedTokenizer:
+    """A Hugging Face ``tokenizers`` tokenizer (WordPiece, BPE, Unigram, ...) with funcdl's
+    interface: a ``Vocab`` ordered by id, ``encode``/``decode``, and batches (``tok(texts)``)
+    encoded the way transformers' fast tokenizers encode them, with both masks.
 
-    ``decode(encode(text)) == text`` for any text: byte-level BPE has no unknown characters.
+    ``pad_token``: the padding token (default: the one the tokenizer's own padding settings
+    name, if any); padding needs one.
     """
 
-    def __init__(self, tokenizer: Any):
+    def __init__(self, tokenizer: Any, *, pad_token: str | None = None,
+                 padding_side: str = "right"):
         self._tok = tokenizer
-        itos = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+        itos = sorted(tokenizer.get_vocab(with_added_tokens=True).items(), key=lambda kv: kv[1])
+        if [i for _, i in itos] != list(range(len(itos))):
+            raise ValueError("the tokenizer's ids are not 0, 1, ..., n-1; funcdl's Vocab needs "
+                             "dense ids")
         self.vocab = Vocab([t for t, _ in itos])
+        own = tokenizer.padding or {}
+        self.pad_token = pad_token if pad_token is not None else own.get("pad_token")
+        if self.pad_token is not None and self.pad_token not in self.vocab:
+            raise ValueError(f"pad_token {self.pad_token!r} is not in the vocabulary")
+        self.pad_id = None if self.pad_token is None else self.vocab[self.pad_token]
+        self.pad_type_id = int(own.get("pad_type_id", 0))
+        self.padding_side = own.get("direction", padding_side)
 
     def __len__(self) -> int:
         return len(self.vocab)
 
-    def encode(self, text: str) -> list[int]:
-        return list(self._tok.encode(text).ids)
+    def encode(self, text: str, pair: str | None = None, *,
+               add_special_tokens: bool = True) -> list[int]:
+        """Token ids of ``text`` (and ``pair``), with the tokenizer's special tokens."""
+        return list(self._tok.encode(text, pair, add_special_tokens=add_special_tokens).ids)
 
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [list(e.ids) for e in self._tok.encode_batch(list(texts))]
+    def encode_batch(self, texts: Sequence[str], *,
+                     add_special_tokens: bool = True) -> list[list[int]]:
+        return [list(e.ids) for e in self._tok.encode_batch(list(texts),
+                                                            add_special_tokens=add_special_tokens)]
+
+    def __call__(self, texts: str | Sequence[str], pairs: Sequence[str] | None = None, *,
+                 padding: bool | str = True, max_length: int | None = None,
+                 truncation: bool = False,
+                 add_special_tokens: bool = True) -> dict[str, np.ndarray]:
+        """A batch as transformers' ``tokenizer(texts, padding=..., truncation=...,
+        max_length=...)`` gives it, as int32 numpy arrays ``input_ids``, ``attention_mask``
+        (1 at tokens) and ``token_type_ids``, plus ``key_padding_mask`` (bool, True at padding:
+        funcdl's layers' mask). ``padding``: True/"longest" (to the longest text),
+        "max_length", or False (the texts must then encode to one length)."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if pairs is not None and len(pairs) != len(texts):
+            raise ValueError(f"got {len(texts)} texts but {len(pairs)} pairs")
+        if padding not in (True, False, "longest", "max_length", "do_not_pad"):
+            raise ValueError(f"padding must be True, False, 'longest' or 'max_length', got "
+                             f"{padding!r}")
+        pad = padding not in (False, "do_not_pad")
+        if (truncation or padding == "max_length") and max_length is None:
+            raise ValueError("truncation=True and padding='max_length' need max_length")
+        if pad and self.pad_id is None:
+            raise ValueError("this tokenizer has no padding token: pass "
+                             "load_tokenizer(path, pad_token=...) or padding=False")
+        saved = self._tok.padding, self._tok.truncation
+        try:
+            if pad:
+                self._tok.enable_padding(
+                    direction=self.padding_side, pad_id=self.pad_id, pad_type_id=self.pad_type_id,
+                    pad_token=self.pad_token,
+                    length=max_length if padding == "max_length" else None)
+            else:
+                self._tok.no_padding()
+            if truncation:
+                self._tok.enable_truncation(max_length)
+            else:
+                self._tok.no_truncation()
+            inputs = list(texts) if pairs is None else list(zip(texts, pairs))
+            encodings = self._tok.encode_batch(inputs, add_special_tokens=add_special_tokens)
+        finally:
+            _restore(self._tok, *saved)
+        if len({len(e.ids) for e in encodings}) > 1:
+            raise ValueError("the texts encode to different lengths: pass padding=True")
+        out = {name: np.array([getattr(e, field) for e in encodings], dtype=np.int32)
+               for name, field in (("input_ids", "ids"), ("attention_mask", "attention_mask"),
+                                   ("token_type_ids", "type_ids"))}
+        out["key_padding_mask"] = out["attention_mask"] == 0
+        return out
 
     def tokenize(self, text: str) -> list[str]:
-        return list(self._tok.encode(text).tokens)
+        return list(self._tok.encode(text, add_special_tokens=False).tokens)
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
@@ -394,10 +461,55 @@ class BPETokenizer:
         self._tok.save(os.fspath(path))
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> BPETokenizer:
+    def load(cls, path: str | os.PathLike, **kwargs: Any) -> PretrainedTokenizer:
         from tokenizers import Tokenizer
 
-        return cls(Tokenizer.from_file(os.fspath(path)))
+        return cls(Tokenizer.from_file(os.fspath(path)), **kwargs)
+
+
+def _restore(tok: Any, padding: dict | None, truncation: dict | None) -> None:
+    if padding is None:
+        tok.no_padding()
+    else:
+        tok.enable_padding(**padding)
+    if truncation is None:
+        tok.no_truncation()
+    else:
+        tok.enable_truncation(**truncation)
+
+
+class BPETokenizer(PretrainedTokenizer):
+    """A byte-level BPE tokenizer (Hugging Face ``tokenizers``) with a funcdl ``Vocab``.
+
+    ``decode(encode(text)) == text`` for any text: byte-level BPE has no unknown characters.
+    """
+
+
+def load_tokenizer(path: str | os.PathLike, *, pad_token: str | None = None
+                   ) -> PretrainedTokenizer:
+    """A Hugging Face ``tokenizer.json`` (or a directory holding one, as ``save_pretrained``
+    writes it) as a ``PretrainedTokenizer``. The padding token is ``pad_token``, else the one in
+    the file's padding settings, else the ``pad_token`` of a ``tokenizer_config.json`` beside it.
+    """
+    path = os.fspath(path)
+    config = None
+    if os.path.isdir(path):
+        config = os.path.join(path, "tokenizer_config.json")
+        path = os.path.join(path, "tokenizer.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no tokenizer.json at {path}")
+    config = config or os.path.join(os.path.dirname(path), "tokenizer_config.json")
+    from tokenizers import Tokenizer
+
+    try:
+        tok = Tokenizer.from_file(path)
+    except Exception as err:  # tokenizers' parse errors do not say which file
+        raise ValueError(f"{path}: not a tokenizers tokenizer.json ({err})") from err
+    if pad_token is None and tok.padding is None and os.path.isfile(config):
+        with open(config, encoding="utf-8") as f:
+            named = json.load(f).get("pad_token")
+        pad_token = named.get("content") if isinstance(named, dict) else named
+    return PretrainedTokenizer(tok, pad_token=pad_token)
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int,
