@@ -5,6 +5,8 @@ Not collected by pytest (no ``test_`` prefix). Run as::
     python tests/_train_worker.py kill CKPT_DIR KILL_AT        # os._exit before batch KILL_AT
     python tests/_train_worker.py mesh8 OUT.npz                # 8 host devices: mesh vs one device
     python tests/_train_worker.py dist OUT.npz PORT PROCESS_ID # one of 2 processes (gloo, loopback)
+    python tests/_train_worker.py save CKPT_DIR [RENAME]        # a checkpoint every step; with
+                                                               # RENAME, kill -9 at that os.replace
 """
 
 from __future__ import annotations
@@ -99,6 +101,23 @@ def train(train_loader=None, **kw) -> tuple[nnx.Module, object]:
     return model, h
 
 
+def _kill_at_rename(n: int) -> None:
+    """SIGKILL this process at the ``n``-th rename (1-based) of a checkpoint being replaced by
+    one of the same step (the swap is two renames: old aside, new into place)."""
+    import signal
+
+    real, calls = os.replace, [0]
+
+    def replace(src, dst):
+        if ".replac" in f"{src}{dst}":  # funcdl's swap, not orbax's own renames
+            calls[0] += 1
+            if calls[0] == n:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return real(src, dst)
+
+    os.replace = replace
+
+
 def main(argv: list[str]) -> None:
     mode = argv[0]
     if mode == "kill":
@@ -112,6 +131,12 @@ def main(argv: list[str]) -> None:
         out = {f"mesh/{k}": v for k, v in params_of(sharded).items()}
         out.update({f"single/{k}": v for k, v in params_of(single).items()})
         np.savez(argv[1], **out)
+        return
+    if mode == "save":
+        if len(argv) > 2:
+            _kill_at_rename(int(argv[2]))
+        print("training", flush=True)
+        train(checkpoint_dir=argv[1], checkpoint_every=1)
         return
     if mode == "dist":
         out, port, pid = argv[1], int(argv[2]), int(argv[3])

@@ -24,10 +24,13 @@ swap is finished when the directory is next opened).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from typing import Any
@@ -181,10 +184,11 @@ class Checkpointer:
         ocp = self._ocp
         args = ocp.args.Composite(state=ocp.args.StandardSave(flat), meta=ocp.args.JsonSave(meta))
         try:
-            if int(step) in self._manager.all_steps():  # the epoch ended on a step checkpoint
-                self._replace(int(step), args)
-            else:
-                self._write(self._manager, int(step), args)
+            with _quiet_orbax():
+                if int(step) in self._manager.all_steps():  # the epoch ended on a step ckpt
+                    self._replace(int(step), args)
+                else:
+                    self._write(self._manager, int(step), args)
         except Exception as e:  # orbax raises many types (and logs more) for a failed write
             raise CheckpointError(
                 f"could not write checkpoint {step} to {self.directory} ({type(e).__name__}: "
@@ -221,10 +225,11 @@ class Checkpointer:
         ocp = self._ocp
         path = os.path.join(self.directory, str(step))
         try:
-            saved = self._manager.item_metadata(int(step))["state"].tree
-            target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), saved)
-            out = self._manager.restore(int(step), args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+            with _quiet_orbax():
+                saved = self._manager.item_metadata(int(step))["state"].tree
+                target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), saved)
+                out = self._manager.restore(int(step), args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
             flat = {g: {n: np.asarray(a) for n, a in d.items()} for g, d in out["state"].items()}
             meta = dict(out["meta"])
         except Exception as e:  # orbax raises many types for missing or damaged files
@@ -277,6 +282,34 @@ def _verify(path: str, flat: dict[str, dict[str, np.ndarray]], meta: dict[str, A
     raise CheckpointError(
         f"checkpoint {path} is corrupt: its arrays or metadata do not match the checksum written "
         "with them; delete it or restore an earlier step")
+
+
+class _OrbaxErrors(logging.Filter):
+    """Drops orbax's error records (tracebacks logged by its worker threads): the failure they
+    report reaches the caller as one CheckpointError."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and "orbax" in record.pathname)
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+    """Silence orbax's own error logging and asyncio's "Event loop is closed" noise around one
+    save or restore, whose errors funcdl raises itself."""
+    absl, errors, hook = logging.getLogger("absl"), _OrbaxErrors(), sys.unraisablehook
+
+    def unraisable(info):
+        if not (isinstance(info.exc_value, RuntimeError)
+                and "Event loop is closed" in str(info.exc_value)):
+            hook(info)
+
+    absl.addFilter(errors)
+    sys.unraisablehook = unraisable
+    try:
+        yield
+    finally:
+        absl.removeFilter(errors)
+        sys.unraisablehook = hook
 
 
 def _first_line(e: BaseException) -> str:
