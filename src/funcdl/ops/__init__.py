@@ -25,6 +25,7 @@ from funcdl.ops.strided import (
     slice,
     squeeze,
     transpose,
+    unfold,
     unsqueeze,
     view,
 )
@@ -32,7 +33,7 @@ from funcdl.ops.strided import (
 __all__ = [
     "StridedArray", "as_strided", "from_array", "to_array", "contiguous_strides",
     "is_contiguous", "contiguous", "transpose", "permute", "select", "slice", "narrow", "expand",
-    "squeeze", "unsqueeze", "view", "reshape", "item", "getitem",
+    "squeeze", "unsqueeze", "unfold", "view", "reshape", "item", "getitem",
     "sum", "mean", "prod", "amax", "amin", "argmax", "argmin", "logsumexp", "var",
     "explain", "lower", "plan_slices", "plan_stacked", "canonical_dim", "canonical_dims",
     "broadcast_shapes", "ShapeError",

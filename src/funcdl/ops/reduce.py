@@ -21,6 +21,7 @@ from jax import lax
 from funcdl.ops.lower import LOWERINGS, lower, place, real_dims, reduce_box, to_array
 from funcdl.ops.shapes import canonical_dim, canonical_dims
 from funcdl.ops.strided import StridedArray, _make
+from funcdl.ops.windows import reduce_windows
 
 Dim = int | tuple[int, ...] | None
 
@@ -144,8 +145,10 @@ def _reduce(op: str, x: Any, dim: Dim, keepdim: bool, lowering: str, correction:
     # Reduced dims that never move through storage (size 1, stride 0) are counted, not read.
     moving = set(real_dims(x)) if lowering != "gather" else set(range(x.ndim))
     copies = math.prod(shape[d] for d in dims if d not in moving)
-    r, kept = reduce_box(x, dims, lambda a, axes: _combine(op, a, axes, copies, correction),
-                         lowering)
+    combine = lambda a, axes: _combine(op, a, axes, copies, correction)  # noqa: E731
+    # overlapping windows (an unfold view) reduce as one lax.reduce_window over their storage
+    windowed = reduce_windows(x, dims, op, combine) if lowering == "auto" else None
+    r, kept = windowed or reduce_box(x, dims, combine, lowering)
     return place(r, _out_dims(kept, dims, keepdim), _out_shape(shape, dims, keepdim))
 
 

@@ -281,6 +281,27 @@ def unsqueeze(s: StridedArray, dim: int) -> StridedArray:
     return _like(s, s.shape[:d] + (1,) + s.shape[d:], s.strides[:d] + (stride,) + s.strides[d:])
 
 
+def unfold(s: StridedArray, dim: int, size: int, step: int) -> StridedArray:
+    """PyTorch's ``Tensor.unfold``: every window of ``size`` elements along ``dim``, ``step``
+    apart. ``dim`` becomes the window count (stride times ``step``) and the window is a new last
+    dim with ``dim``'s stride, so windows overlap in storage: nothing is copied."""
+    s = _check(s, "unfold")
+    d = canonical_dim(dim, s.ndim)
+    size, step = as_int(size, "size"), as_int(step, "step")
+    n = s.shape[d] if s.ndim else 1
+    if size > n:
+        raise ShapeError(f"maximum size for tensor at dimension {d} is {n} but size is {size}")
+    if size < 0:
+        raise ShapeError(f"size is {size} but must be >= 0")
+    if step <= 0:
+        raise ShapeError(f"step is {step} but must be > 0")
+    if s.ndim == 0:
+        return _like(s, (size,), (1,))
+    stride = s.strides[d]
+    shape = s.shape[:d] + ((n - size) // step + 1,) + s.shape[d + 1:] + (size,)
+    return _like(s, shape, s.strides[:d] + (stride * step,) + s.strides[d + 1:] + (stride,))
+
+
 def _view_strides(old_shape: Shape, old_strides: Shape, new_shape: Shape) -> Shape | None:
     """Strides giving ``new_shape`` over the same elements, or None (PyTorch's computeStride).
 
