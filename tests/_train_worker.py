@@ -68,11 +68,12 @@ def params_of(model) -> dict[str, np.ndarray]:
     return {"/".join(map(str, k)): to_host(v.get_value()) for k, v in flat}
 
 
-class KillBefore:
-    """A loader that ends the process (no cleanup, like a kill) before yielding batch ``at``."""
+class Before:
+    """A loader that runs ``action()`` once, just before yielding batch ``at`` (counted over all
+    its epochs); the faults the tests inject (a kill, a Ctrl-C, a disk turning read-only)."""
 
-    def __init__(self, inner, at: int):
-        self.inner, self.at, self.count = inner, at, 0
+    def __init__(self, inner, at: int, action):
+        self.inner, self.at, self.action, self.count = inner, at, action, 0
 
     def __len__(self):
         return len(self.inner)
@@ -86,9 +87,14 @@ class KillBefore:
     def __iter__(self):
         for b in self.inner:
             if self.count == self.at:
-                os._exit(17)
+                self.action()
             self.count += 1
             yield b
+
+
+def kill_before(inner, at: int) -> Before:
+    """Ends the process (no cleanup, like a kill) before batch ``at``."""
+    return Before(inner, at, lambda: os._exit(17))
 
 
 def train(train_loader=None, **kw) -> tuple[nnx.Module, object]:
@@ -122,7 +128,7 @@ def main(argv: list[str]) -> None:
     mode = argv[0]
     if mode == "kill":
         ckpt_dir, at = argv[1], int(argv[2])
-        train(KillBefore(loader(), at), checkpoint_dir=ckpt_dir, checkpoint_every=4)
+        train(kill_before(loader(), at), checkpoint_dir=ckpt_dir, checkpoint_every=4)
         raise SystemExit("the run was meant to be killed before it ended")
     if mode == "mesh8":
         assert jax.device_count() == 8, jax.devices()

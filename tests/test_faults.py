@@ -222,29 +222,6 @@ def test_a_read_only_checkpoint_dir_is_refused_before_training(tmpfs):
     FAULTS["read-only checkpoint_dir: survived"] += 1
 
 
-class _Then:
-    """A loader that runs ``action`` once, just before batch ``at``."""
-
-    def __init__(self, inner, at: int, action):
-        self.inner, self.at, self.action, self.count = inner, at, action, 0
-
-    def __len__(self):
-        return len(self.inner)
-
-    def state_dict(self):
-        return self.inner.state_dict()
-
-    def load_state_dict(self, sd):
-        self.inner.load_state_dict(sd)
-
-    def __iter__(self):
-        for b in self.inner:
-            if self.count == self.at:
-                self.action()
-            self.count += 1
-            yield b
-
-
 def _one_clear_error(path: str, loader, caplog) -> CheckpointError:
     caplog.set_level(logging.WARNING)
     with pytest.raises(CheckpointError, match=r"could not write checkpoint \d+ to .*the "
@@ -258,7 +235,7 @@ def _one_clear_error(path: str, loader, caplog) -> CheckpointError:
 
 def test_a_disk_turning_read_only_mid_run_gives_one_clear_error(tmpfs, caplog):
     path = tmpfs("midrun", size="4m")
-    _one_clear_error(path, _Then(worker.loader(), 3, lambda: _remount_ro(path)), caplog)
+    _one_clear_error(path, worker.Before(worker.loader(), 3, lambda: _remount_ro(path)), caplog)
     steps = sorted(int(n) for n in os.listdir(path) if n.isdigit())
     assert steps == [1, 2, 3]
     FAULTS["read-only mid-run"] += 1

@@ -141,29 +141,6 @@ def test_fp16_computes_the_loss_in_float32_above_65504():
     np.testing.assert_allclose(h["train_loss"][0], want, rtol=2e-3)  # float16 forward pass
 
 
-class _InterruptAt:
-    """A loader that delivers Ctrl-C (SIGINT) to this process just before batch ``at``."""
-
-    def __init__(self, inner, at: int):
-        self.inner, self.at, self.count = inner, at, 0
-
-    def __len__(self):
-        return len(self.inner)
-
-    def state_dict(self):
-        return self.inner.state_dict()
-
-    def load_state_dict(self, sd):
-        self.inner.load_state_dict(sd)
-
-    def __iter__(self):
-        for b in self.inner:
-            if self.count == self.at:
-                signal.raise_signal(signal.SIGINT)
-            self.count += 1
-            yield b
-
-
 @pytest.fixture(scope="module")
 def uninterrupted():
     model, history = worker.train()
@@ -175,7 +152,8 @@ def test_ctrl_c_mid_epoch_checkpoints_and_the_resumed_run_is_bitwise_equal(tmp_p
     ckpt = tmp_path / "ckpt"
     with pytest.raises(KeyboardInterrupt, match=r"interrupted after step 9 \(epoch 2, batch 4\); "
                                                 r"checkpoint 10 is in"):
-        worker.train(_InterruptAt(worker.loader(), 9), checkpoint_dir=ckpt)
+        worker.train(worker.Before(worker.loader(), 9, lambda: signal.raise_signal(signal.SIGINT)),
+                     checkpoint_dir=ckpt)
     # the batch being fetched when Ctrl-C came is trained on, then checkpointed
     assert Checkpointer(ckpt).steps() == [6, 10]
     model, history = worker.train(checkpoint_dir=ckpt, resume=True)
