@@ -178,3 +178,43 @@ def check_index(index: Any, shape: Sequence[int]) -> None:
                                  f"{shape[dim]}")
         is_mask = getattr(p, "dtype", None) == np.bool_
         dim += getattr(p, "ndim", 0) if is_mask else 1
+
+
+# --------------------------------------------------------------------------- windows (conv, pool)
+
+
+def unfold_dim(shape: Sequence[int], dim: Any, size: Any, step: Any) -> tuple[int, int, int]:
+    """``(dim, size, step)`` checked as ``Tensor.unfold`` checks them (dim wrapped)."""
+    d = canonical_dim(dim, len(shape))
+    size, step = as_int(size, "size"), as_int(step, "step")
+    n = shape[d] if len(shape) else 1
+    if size > n:
+        raise ShapeError(f"maximum size for tensor at dimension {d} is {n} but size is {size}")
+    if size < 0:
+        raise ShapeError(f"size is {size} but must be >= 0")
+    if step <= 0:
+        raise ShapeError(f"step is {step} but must be > 0")
+    return d, size, step
+
+
+def conv_output_size(size: int, kernel: int, stride: int = 1, padding: tuple[int, int] = (0, 0),
+                     dilation: int = 1) -> int:
+    """Windows of a (dilated) kernel that fit in ``size`` padded by ``padding`` (lo, hi)."""
+    return (size + padding[0] + padding[1] - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def same_padding(kernel: int, dilation: int = 1) -> tuple[int, int]:
+    """``padding="same"`` as PyTorch pads: the odd element of an even kernel goes on the right."""
+    total = dilation * (kernel - 1)
+    return total // 2, total - total // 2
+
+
+def pool_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int = 1,
+                     ceil_mode: bool = False) -> int:
+    """PyTorch's ``pooling_output_shape``: ``ceil_mode`` rounds up, but the last window must
+    start inside the input or its left padding."""
+    span = size + 2 * padding - dilation * (kernel - 1) - 1 + (stride - 1 if ceil_mode else 0)
+    out = span // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    return out

@@ -27,6 +27,7 @@ from funcdl.ops.shapes import (
     expand_shape,
     infer_shape,
     permutation,
+    unfold_dim,
 )
 
 # --------------------------------------------------------------------------- checks and helpers
@@ -286,18 +287,10 @@ def unfold(s: StridedArray, dim: int, size: int, step: int) -> StridedArray:
     apart. ``dim`` becomes the window count (stride times ``step``) and the window is a new last
     dim with ``dim``'s stride, so windows overlap in storage: nothing is copied."""
     s = _check(s, "unfold")
-    d = canonical_dim(dim, s.ndim)
-    size, step = as_int(size, "size"), as_int(step, "step")
-    n = s.shape[d] if s.ndim else 1
-    if size > n:
-        raise ShapeError(f"maximum size for tensor at dimension {d} is {n} but size is {size}")
-    if size < 0:
-        raise ShapeError(f"size is {size} but must be >= 0")
-    if step <= 0:
-        raise ShapeError(f"step is {step} but must be > 0")
+    d, size, step = unfold_dim(s.shape, dim, size, step)
     if s.ndim == 0:
         return _like(s, (size,), (1,))
-    stride = s.strides[d]
+    n, stride = s.shape[d], s.strides[d]
     shape = s.shape[:d] + ((n - size) // step + 1,) + s.shape[d + 1:] + (size,)
     return _like(s, shape, s.strides[:d] + (stride * step,) + s.strides[d + 1:] + (stride,))
 
