@@ -168,3 +168,18 @@ def test_empty_reductions_follow_torch():
     np.testing.assert_array_equal(ops.amax(e, 1), torch.amax(torch.from_numpy(e), 1).numpy())
     np.testing.assert_array_equal(ops.sum(e, 0), [0, 0, 0])
     np.testing.assert_array_equal(ops.prod(e, 0), [1, 1, 1])
+
+
+def test_integer_sums_that_overflow_int32_raise_and_follow_torch_with_x64():
+    big = np.array([2**30] * 4, np.int32)
+    expected = int(torch.sum(torch.from_numpy(big)))  # torch sums in int64: 4294967296
+    with pytest.raises(OverflowError, match=r"sum\(\) of int32 values reaches 4294967296"):
+        ops.sum(big)
+    with pytest.raises(OverflowError, match=r"prod\(\) of int32"):
+        ops.prod(ops.from_array(np.arange(1, 20, dtype=np.int32)))
+    assert int(ops.sum(np.array([2**30, 2**30 - 1, -5], np.int32))) == 2**31 - 6  # fits
+    with jax.enable_x64(True):  # JAX's 64-bit mode: int64 results, as torch
+        r = ops.sum(big)
+        assert r.dtype == jnp.int64 and int(r) == expected
+        assert ops.sum(np.array([True, True, False])).dtype == torch.sum(
+            torch.tensor([True, True, False])).numpy().dtype

@@ -456,3 +456,20 @@ def test_var_gradient_with_nothing_left_after_correction_is_nan_like_torch():
     torch.var(t, dim=0).sum().backward()
     np.testing.assert_array_equal(np.isnan(g), np.isnan(t.grad.numpy()))
     assert np.isnan(g).all()
+
+
+def test_tape_gradient_follows_ops_recorded_before_it_or_on_an_outer_tape():
+    """An inner tape's gradient reaches a leaf through ops it did not record (they are on the
+    outer tape): the true value, as torch.autograd.grad gives, not a silent 0."""
+    x = T.tensor(2.0, requires_grad=True)
+    with T.Tape() as outer:
+        y = x * 3
+        with T.Tape() as inner:
+            z = y * x
+        inner_dx, inner_dy = inner.gradient(z, [x, y])
+    xt = torch.tensor(2.0, requires_grad=True)
+    yt = xt * 3
+    zt = yt * xt
+    ref_dx, ref_dy = torch.autograd.grad(zt, [xt, yt])
+    assert float(inner_dx) == float(ref_dx) == 12.0 and float(inner_dy) == float(ref_dy)
+    assert float(outer.gradient(z, x)) == 12.0

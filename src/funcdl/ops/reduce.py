@@ -16,6 +16,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from funcdl.ops.lower import LOWERINGS, lower, place, real_dims, reduce_box, to_array
@@ -108,6 +109,31 @@ def _check_dtype(op: str, dtype) -> None:
                         f"{dtype}; cast with x.astype(jnp.float32) first")
 
 
+def _integer_sum_dtype(op: str, dtype: Any) -> Any:
+    """torch sums and multiplies bools and integers in int64. With JAX's 64-bit mode on, so does
+    funcdl; without it JAX has no int64, the result stays int32 (`_check_overflow` guards it)."""
+    small_int = dtype == jnp.bool_ or (jnp.issubdtype(dtype, jnp.integer)
+                                        and jnp.iinfo(dtype).bits < 64)
+    if op in ("sum", "prod") and small_int and jax.config.jax_enable_x64:
+        return jnp.int64
+    return None
+
+
+def _check_overflow(op: str, x: Any, dims: tuple[int, ...]) -> None:
+    """An integer sum or product that does not fit its int32 result raises (torch's int64 would
+    hold it) when the values are concrete; traced under jit it wraps, as JAX's does."""
+    if isinstance(x, jax.core.Tracer):
+        return
+    exact = np.asarray(x, np.float64)  # exact below 2**53, far beyond what int32 can overflow to
+    exact = exact.sum(axis=dims) if op == "sum" else np.prod(exact, axis=dims)
+    info = jnp.iinfo(x.dtype)
+    if exact.size and (exact.max() > info.max or exact.min() < info.min):
+        raise OverflowError(
+            f"{op}() of {x.dtype} values reaches {exact.flat[np.argmax(np.abs(exact))]:.0f}, "
+            f"beyond {x.dtype} (torch computes it in int64): turn on 64-bit integers with "
+            "jax.config.update('jax_enable_x64', True), or cast to a float dtype first")
+
+
 def _check_nonempty(op: str, shape: tuple[int, ...], dims: tuple[int, ...], dim: Dim) -> None:
     """amax/amin/argmax/argmin have no identity: refuse empty reductions like torch does."""
     if dim is None and math.prod(shape) == 0:
@@ -136,6 +162,13 @@ def _reduce(op: str, x: Any, dim: Dim, keepdim: bool, lowering: str, correction:
     if op == "logsumexp" and not jnp.issubdtype(x.dtype, jnp.inexact):
         x = (_make(x.storage.astype(jnp.float32), x.shape, x.strides, x.offset) if strided
              else x.astype(jnp.float32))
+    wide = _integer_sum_dtype(op, x.dtype)
+    if wide is not None:
+        x = (_make(x.storage.astype(wide), x.shape, x.strides, x.offset) if strided
+             else x.astype(wide))
+    if op in ("sum", "prod") and jnp.issubdtype(x.dtype, jnp.integer) \
+            and not jax.config.jax_enable_x64:
+        _check_overflow(op, to_array(x) if strided else x, dims)
     if not strided:
         if op == "var":
             return _var_core(x, dims, 1, correction, keepdim)

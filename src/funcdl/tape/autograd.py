@@ -83,9 +83,11 @@ class Tape:
 
     def gradient(self, target: Tensor, sources: Sequence[Tensor] | Tensor, *,
                  create_graph: bool = False) -> Any:
-        """d target / d sources, walking this tape in reverse (TensorFlow's GradientTape)."""
+        """d target / d sources through every op behind ``target``, including ops recorded
+        before this tape opened or only on an outer tape (as ``torch.autograd.grad``; a walk of
+        this tape alone would miss those paths and answer 0)."""
         single = isinstance(sources, Tensor)
-        grads = tape_gradient(self, target, [sources] if single else list(sources),
+        grads = tape_gradient(None, target, [sources] if single else list(sources),
                               create_graph=create_graph)
         return grads[0] if single else grads
 
@@ -291,9 +293,11 @@ def _accumulate(t: Tensor, g: Any, create_graph: bool) -> None:
         t.grad = Tensor(t.grad.data + g.data)
 
 
-def tape_gradient(tape: Tape, target: Any, sources: Sequence[Tensor], *,
+def tape_gradient(tape: Tape | None, target: Any, sources: Sequence[Tensor], *,
                   create_graph: bool = False) -> list[Any]:
-    """Gradients of scalar ``target`` w.r.t. ``sources``, walking ``tape`` in reverse.
+    """Gradients of scalar ``target`` w.r.t. ``sources``, walking ``tape`` in reverse (`grad`:
+    every op between its sources and the target is on it), or with ``tape=None`` the whole graph
+    behind ``target``.
 
     Nothing is accumulated into ``.grad``; sources without a path get zeros.
     """
@@ -307,7 +311,8 @@ def tape_gradient(tape: Tape, target: Any, sources: Sequence[Tensor], *,
     leaves: dict[int, Any] = {}
     kept: dict[int, Any] = {}
     if target.grad_fn is not None:
-        leaves, kept = _propagate(reversed(tape.nodes), {target.grad_fn: seed},
+        order = reversed(tape.nodes) if tape is not None else _graph_order(target.grad_fn)
+        leaves, kept = _propagate(order, {target.grad_fn: seed},
                                   create_graph=create_graph, retain_graph=True,
                                   keep={id(s) for s in sources})
     out = []
