@@ -467,9 +467,11 @@ def test_tape_gradient_follows_ops_recorded_before_it_or_on_an_outer_tape():
         with T.Tape() as inner:
             z = y * x
         inner_dx, inner_dy = inner.gradient(z, [x, y])
+        assert float(outer.gradient(z, x)) == 12.0
+    with pytest.raises(RuntimeError, match="This Tape is closed"):
+        outer.gradient(z, x)
     xt = torch.tensor(2.0, requires_grad=True)
     yt = xt * 3
     zt = yt * xt
     ref_dx, ref_dy = torch.autograd.grad(zt, [xt, yt])
     assert float(inner_dx) == float(ref_dx) == 12.0 and float(inner_dy) == float(ref_dy)
-    assert float(outer.gradient(z, x)) == 12.0

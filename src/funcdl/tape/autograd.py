@@ -86,6 +86,9 @@ class Tape:
         """d target / d sources through every op behind ``target``, including ops recorded
         before this tape opened or only on an outer tape (as ``torch.autograd.grad``; a walk of
         this tape alone would miss those paths and answer 0)."""
+        if self.closed and self._outermost:  # an inner tape's graph lives on the outer one
+            raise RuntimeError("This Tape is closed and its graph freed: call gradient() inside "
+                               "its `with` block.")
         single = isinstance(sources, Tensor)
         grads = tape_gradient(None, target, [sources] if single else list(sources),
                               create_graph=create_graph)
