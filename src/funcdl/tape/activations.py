@@ -6,17 +6,20 @@ microseconds, so the forwards below call jitted kernels (inside an outer jit the
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from funcdl.ops.shapes import canonical_dim
-from funcdl.tape.cases import Case, along_dim, array, call, shape, unary
-from funcdl.tape.elementwise import add, erf, exp, mul, sub, where
+from funcdl.tape.cases import Case, along_dim, array, boolean, call, shape, unary
+from funcdl.tape.elementwise import abs, add, div, erf, exp, mul, neg, sub, where
 from funcdl.tape.reductions import sum
 from funcdl.tape.registry import op
+from funcdl.tape.shape import reshape, split
 from funcdl.tape.tensor import Tensor, apply, constant, shape_of, unwrap
 
 _relu = jax.jit(jax.nn.relu)
@@ -148,3 +151,202 @@ def log_softmax(x: Any, dim: int = -1) -> Any:
     return apply("LogSoftmaxBackward0", lambda x: _along(_log_softmax, x, d), (x,),
                  (lambda g, z, x: sub(g, mul(exp(z), sum(g, d, keepdim=True))),),
                  tangents=(lambda t, z, x: sub(t, sum(mul(t, exp(z)), d, keepdim=True)),))
+
+
+# --------------------------------------------------------------------------- the course's zoo
+# Elementwise activations are single nodes named as torch's grad_fns: each has a jitted forward
+# and dz/dx written with funcdl's functions (so the backward differentiates again); a diagonal
+# Jacobian makes that backward rule its own tangent rule. Each forward is written so that
+# jax.grad of the plain path takes torch's slope at the kinks too (``where`` on the strict
+# comparison torch's kernel makes, never ``clip``/``maximum``, which split ties 0.5/0.5).
+
+
+def _pointwise(name: str, forward: Any, x: Any, slope: Any) -> Any:
+    """An elementwise op: ``forward`` and its slope ``slope(x)`` (dz/dx)."""
+    return apply(name, forward, (unwrap(x),), (lambda g, z, x: mul(g, slope(x)),),
+                 tangents="rules")
+
+
+def _drawn(label: str, kind: str = "normal", scale: float = 1.0, **choices: Any) -> Case:
+    """``op(x * scale, **kwargs)`` on any shape up to 3-D, each keyword drawn from its list."""
+    return Case(label, lambda d: call(array(d, shape(d), kind) * scale,
+                                      **{k: d.choice(v, k) for k, v in choices.items()}))
+
+
+@functools.partial(jax.jit, static_argnames=("alpha", "scale", "input_scale"))
+def _elu(x: Any, alpha: float, scale: float = 1.0, input_scale: float = 1.0) -> Any:
+    negative = jnp.where(x > 0, 0.0, x)  # exp never sees a large x: finite in both branches
+    return jnp.where(x > 0, scale * x, (scale * alpha) * jnp.expm1(negative * input_scale))
+
+
+def _elu_slope(alpha: float, scale: float = 1.0, input_scale: float = 1.0) -> Any:
+    """scale where x > 0, else scale * alpha * input_scale * e^(input_scale x) (at 0 too, as
+    torch's ``x <= 0`` branch)."""
+    def slope(x: Any) -> Any:
+        positive = constant(x) > 0
+        tail = exp(mul(where(positive, 0.0, x), input_scale))
+        return where(positive, scale, mul(scale * alpha * input_scale, tail))
+
+    return slope
+
+
+@op(_drawn("alpha", "away", alpha=[1.0, 0.5]), torch="torch.nn.functional.elu")
+def elu(x: Any, alpha: float = 1.0) -> Any:
+    """x where x > 0, else alpha (e^x - 1)."""
+    return _pointwise("EluBackward0", functools.partial(_elu, alpha=alpha), x,
+                      _elu_slope(alpha))
+
+
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+
+
+@op(unary("away"), torch="torch.nn.functional.selu")
+def selu(x: Any) -> Any:
+    """scale * elu(x, alpha) with the self-normalising constants (torch's EluBackward0)."""
+    return _pointwise("EluBackward0",
+                      functools.partial(_elu, alpha=SELU_ALPHA, scale=SELU_SCALE), x,
+                      _elu_slope(SELU_ALPHA, SELU_SCALE))
+
+
+@op(_drawn("alpha", "away", alpha=[1.0, 2.0]), torch="torch.nn.functional.celu")
+def celu(x: Any, alpha: float = 1.0) -> Any:
+    """x where x > 0, else alpha (e^(x / alpha) - 1); slope 1 at 0."""
+    if alpha == 0:
+        raise RuntimeError("ZeroDivisionError: alpha cannot be 0 for CELU")
+    return _pointwise("CeluBackward0",
+                      functools.partial(_elu, alpha=alpha, input_scale=1.0 / alpha), x,
+                      _elu_slope(alpha, input_scale=1.0 / alpha))
+
+
+@functools.partial(jax.jit, static_argnames=("low", "high"))
+def _hardtanh(x: Any, low: float, high: float) -> Any:
+    return jnp.where(x <= low, low, jnp.where(x >= high, high, x)).astype(x.dtype)
+
+
+@op(_drawn("bounds", scale=2.0, min_val=[-1.0, -0.5], max_val=[1.0, 2.0]),
+    torch="torch.nn.functional.hardtanh")
+def hardtanh(x: Any, min_val: float = -1.0, max_val: float = 1.0) -> Any:
+    """x clipped to [min_val, max_val]; slope 1 strictly inside, 0 on and beyond the bounds."""
+    if min_val > max_val:
+        raise ValueError("min_val cannot be greater than max_val")
+    return _pointwise("HardtanhBackward0",
+                      functools.partial(_hardtanh, low=min_val, high=max_val), x,
+                      lambda x: where((constant(x) > min_val) & (constant(x) < max_val),
+                                      1.0, 0.0))
+
+
+@op(_drawn("x4", scale=4.0), torch="torch.nn.functional.relu6")
+def relu6(x: Any) -> Any:
+    """min(max(x, 0), 6): hardtanh(x, 0, 6), as torch computes it."""
+    return hardtanh(x, 0.0, 6.0)
+
+
+@jax.jit
+def _hardsigmoid(x: Any) -> Any:
+    return jnp.where(x <= -3, 0.0, jnp.where(x >= 3, 1.0, x / 6 + 0.5)).astype(x.dtype)
+
+
+@op(_drawn("x3", scale=3.0), torch="torch.nn.functional.hardsigmoid")
+def hardsigmoid(x: Any) -> Any:
+    """relu6(x + 3) / 6; slope 1/6 strictly inside (-3, 3)."""
+    return _pointwise("HardsigmoidBackward0", _hardsigmoid, x,
+                      lambda x: where((constant(x) > -3) & (constant(x) < 3), 1 / 6, 0.0))
+
+
+@jax.jit
+def _hardswish(x: Any) -> Any:
+    return jnp.where(x < -3, 0.0, jnp.where(x <= 3, x * (x + 3) / 6, x)).astype(x.dtype)
+
+
+@op(_drawn("x3", scale=3.0), torch="torch.nn.functional.hardswish")
+def hardswish(x: Any) -> Any:
+    """x relu6(x + 3) / 6; slope x/3 + 1/2 on [-3, 3] (ends included, as torch's kernel)."""
+    def slope(x: Any) -> Any:
+        c = constant(x)
+        return where(c < -3, 0.0, where(c <= 3, add(mul(x, 1 / 3), 0.5), 1.0))
+
+    return _pointwise("HardswishBackward0", _hardswish, x, slope)
+
+
+@jax.jit
+def _mish(x: Any) -> Any:
+    return x * jnp.tanh(jnp.logaddexp(0.0, x))
+
+
+@op(unary(), torch="torch.nn.functional.mish")
+def mish(x: Any) -> Any:
+    """x tanh(softplus(x)); slope t + x sigmoid(x) (1 - t^2) with t = tanh(softplus(x))."""
+    def slope(x: Any) -> Any:
+        t = tanh(softplus(x, 1.0, math.inf))
+        return add(t, mul(mul(x, sigmoid(x)), sub(1.0, mul(t, t))))
+
+    return _pointwise("MishBackward0", _mish, x, slope)
+
+
+@op(unary(), torch="torch.nn.functional.softsign")
+def softsign(x: Any) -> Any:
+    """x / (1 + |x|), composed as torch composes it (its grad_fn is DivBackward0)."""
+    return div(x, add(abs(x), 1.0))
+
+
+@op(unary(), torch="torch.nn.functional.tanhshrink")
+def tanhshrink(x: Any) -> Any:
+    """x - tanh(x), composed as torch composes it (SubBackward0)."""
+    return sub(x, tanh(x))
+
+
+_log_sigmoid = jax.jit(jax.nn.log_sigmoid)
+
+
+@op(_drawn("x8", scale=8.0), torch="torch.nn.functional.logsigmoid")
+def logsigmoid(x: Any) -> Any:
+    """log(sigmoid(x)) = -softplus(-x), stable for large |x|; slope sigmoid(-x)."""
+    return _pointwise("LogSigmoidBackward0", _log_sigmoid, x, lambda x: sigmoid(neg(x)))
+
+
+def _glu_case(d: Any) -> Any:
+    s = d.choice([(4,), (3, 4), (2, 3, 4), (2, 2)], "shape")
+    even = [i for i, n in enumerate(s) if n % 2 == 0]
+    i = d.choice(even, "dim")
+    return call(array(d, s), i - len(s) if boolean(d, "negative dim") else i)
+
+
+@op(Case("an even dim", _glu_case), torch="torch.nn.functional.glu")
+def glu(x: Any, dim: int = -1) -> Any:
+    """a * sigmoid(b) where a, b are the halves of ``x`` along ``dim`` (the gated linear unit),
+    composed of split, sigmoid and mul."""
+    x = unwrap(x)
+    s = shape_of(x)
+    if not s:
+        raise RuntimeError("glu does not support scalars because halving size must be even")
+    d = canonical_dim(dim, len(s))
+    if s[d] % 2:
+        raise RuntimeError(f"Halving dimension must be even, but dimension {d} is size {s[d]}")
+    a, b = split(x, s[d] // 2, d)
+    return mul(a, sigmoid(b))
+
+
+def _prelu_case(d: Any) -> Any:
+    s = d.choice([(3,), (2, 3), (2, 3, 2)], "shape")
+    channels = s[1] if len(s) >= 2 else 1
+    w = array(d, d.choice([(1,), (channels,), ()], "weight shape"), "pos") * 0.25
+    return call(array(d, s, "away"), w)
+
+
+@op(Case("weight per channel or shared", _prelu_case), torch="torch.nn.functional.prelu")
+def prelu(input: Any, weight: Any) -> Any:
+    """x where x > 0, else weight * x; ``weight`` has one slope, or one per channel (dim 1).
+    Composed of reshape, mul and where (the slope at 0 is weight's, as torch's)."""
+    x, w = unwrap(input), unwrap(weight)
+    s, ws = shape_of(x), shape_of(w)
+    if len(ws) > 1:
+        raise RuntimeError(f"prelu: Expected `weight` to be a scalar or 1D tensor, but got: "
+                           f"ndim = {len(ws)}")
+    n = int(np.prod(ws))
+    channels = s[1] if len(s) >= 2 else 1
+    if n != 1 and n != channels:
+        raise RuntimeError(f"Mismatch of parameter numbers and input channel size. Found "
+                           f"parameter numbers = {n} and channel size = {channels}.")
+    slopes = reshape(w, () if n == 1 else (n,) + (1,) * (len(s) - 2))
+    return where(constant(x) > 0, x, mul(slopes, x))
