@@ -5,6 +5,9 @@ Not collected by pytest (no ``test_`` prefix). Run as::
     python tests/_train_worker.py kill CKPT_DIR KILL_AT        # os._exit before batch KILL_AT
     python tests/_train_worker.py mesh8 OUT.npz                # 8 host devices: mesh vs one device
     python tests/_train_worker.py dist OUT.npz PORT PROCESS_ID # one of 2 processes (gloo, loopback)
+    python tests/_train_worker.py dist OUT.npz PORT PROCESS_ID CKPT_DIR KILL_AT
+                                  # the same with checkpoints, killed before batch KILL_AT (-1:
+                                  # resume from CKPT_DIR and finish)
     python tests/_train_worker.py save CKPT_DIR [RENAME]        # a checkpoint every step; with
                                                                # RENAME, kill -9 at that os.replace
 """
@@ -150,7 +153,13 @@ def main(argv: list[str]) -> None:
         jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=pid,
                                    initialization_timeout=60)
         assert jax.process_count() == 2 and jax.device_count() == 2
-        model, _ = train(mesh="auto")
+        if len(argv) > 4:  # checkpointed: killed before batch KILL_AT, or resumed to the end
+            ckpt_dir, at = argv[4], int(argv[5])
+            batches = kill_before(loader(), at) if at >= 0 else loader()
+            model, _ = train(batches, mesh="auto", checkpoint_dir=ckpt_dir,
+                             checkpoint_every=4, resume=at < 0)
+        else:
+            model, _ = train(mesh="auto")
         if pid == 0:
             np.savez(out, **params_of(model))
         jax.distributed.shutdown()
