@@ -1,5 +1,7 @@
 """explain(): the slides' walks, line by line (expected lines copied from the slides)."""
 
+import ast
+
 import jax
 import numpy as np
 import pytest
@@ -46,6 +48,15 @@ def test_2x2x3x2_walk_over_dim_2():
     assert "(0, 1, 2, 0): 0*12 + 1*6 + 2*2 + 0*1 = 10, x[10]=1" in lines
     sums = [line for line in lines if line.startswith("sum =")]
     assert sums[:3] == ["sum = 1", "sum = 5", "sum = 3"]
+
+
+def test_result_has_the_shape_of_the_output():
+    x = np.arange(1, 25, dtype=np.float32).reshape(2, 2, 3, 2) / 10
+    text = ops.explain(x, "sum", 2)
+    result = np.array(ast.literal_eval(text.split("result: ", 1)[1]))
+    assert result.shape == (2, 2, 2)  # not a flat list of 8
+    np.testing.assert_allclose(result, x.sum(axis=2), rtol=1e-5)
+    assert ops.explain(x[0, 0, 0], "sum", 0).splitlines()[-1] == "result: 0.3"  # 0-dim
 
 
 def test_views_show_their_offset_and_strides():
