@@ -6,28 +6,25 @@ from __future__ import annotations
 import argparse
 import contextlib
 import pathlib
-import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-INTERRUPTED = 130  # exit status of a program stopped by Ctrl-C (128 + SIGINT)
 
-
-def parser(doc: str, name: str) -> argparse.ArgumentParser:
-    """An argument parser with the options every example shares: --smoke, --out, --seed."""
-    p = argparse.ArgumentParser(description=doc,
+def parser(doc: str, name: str, *, seed: bool = True) -> argparse.ArgumentParser:
+    """An argument parser with the options every example shares: --smoke, --out and (unless
+    ``seed`` is False, for an example that draws nothing at random) --seed."""
+    p = argparse.ArgumentParser(description=doc, allow_abbrev=False,  # --smok is an error
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true",
-                   help="a few-second run on tiny sizes for the tests (numbers not meaningful)")
+                   help="a short run on small sizes (the one the tests run)")
     p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs") / name,
-                   help=f"directory for checkpoints, logs and plots (default: runs/{name})")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+                   help=f"directory for the outputs (default: runs/{name})")
+    if seed:
+        p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     return p
 
 
@@ -74,18 +71,3 @@ def predict_batches(forward: Callable, model: nnx.Module, arrays: tuple[np.ndarr
         model.train()
     return np.concatenate(outs)
 
-
-@nnx.jit
-def predict_classes(model: nnx.Module, *inputs) -> jax.Array:
-    """The arg-max class of ``model(*inputs)``'s logits."""
-    return jnp.argmax(model(*inputs), axis=-1)
-
-
-def resume_hint(script: str, out: pathlib.Path, extra: str = "") -> str:
-    return (f"interrupted: checkpoint saved in {out}; resume with: "
-            f"python examples/{script}.py --out {out} --resume{extra}")
-
-
-def exit_interrupted(message: str) -> int:
-    print(f"\n{message}", file=sys.stderr, flush=True)
-    return INTERRUPTED

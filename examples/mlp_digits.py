@@ -9,10 +9,10 @@ slides' 28*28-100-50-20-1 network becomes 64-100-50-20-10 with ReLU and cross-en
 2. The same network as ``funcdl.layers.MLP``, trained by ``funcdl.train.fit`` (one jitted step
    per batch) with ``funcdl.optim.adamw``.
 
-Both print their test accuracy (each reaches at least 95% with the default settings).
+Both print their test accuracy (each reaches at least 95% with the default 20 epochs).
 
-    python examples/mlp_digits.py            # ~1 minute on 2 CPU cores
-    python examples/mlp_digits.py --smoke    # a few seconds, for the tests
+    python examples/mlp_digits.py            # ~30 seconds on 2 CPU cores
+    python examples/mlp_digits.py --smoke    # 6 epochs, for the tests (~70% and ~95%)
 """
 
 from __future__ import annotations
@@ -102,14 +102,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="learning rate of the manual loop (W -= eta * W.grad)")
     p.add_argument("--lr", type=positive_float, default=2e-3, help="AdamW's learning rate")
     args = p.parse_args(argv)
-    if args.smoke:
-        args.epochs = 1
+    if args.smoke:  # the steps are cheap next to compiling them: fewer epochs, same data
+        args.epochs = 6
 
     data = digits()
     x_train, y_train = data.train.arrays
     x_test, y_test = data.test.arrays
-    if args.smoke:
-        x_train, y_train = x_train[:64], y_train[:64]
     print(f"digits: {len(x_train)} train, {len(x_test)} test images of 8x8 pixels in [0, 1]; "
           f"network {'-'.join(map(str, SIZES))} with ReLU")
     loader = DataLoader(ArrayDataset(x_train, y_train), batch_size=args.batch_size, shuffle=True,

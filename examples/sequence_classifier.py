@@ -1,8 +1,9 @@
-"""Seed 002's TransformerClassifier on random token sequences with a key-padding mask.
+"""The course notebook's TransformerClassifier on random token sequences with a key-padding mask.
 
-The notebook's setting: a vocabulary of q = 8 tokens and sequences of up to 2**8 = 256 tokens.
-Each sequence has a random length; its tokens are drawn at random except that one token, the
-sequence's class, is three times as likely as each other one. The task: name that token.
+The setting of the course's notebook on sequence masking: a vocabulary of q = 8 tokens and
+sequences of up to 2**8 = 256 tokens. Each sequence has a random length; its tokens are
+drawn at random except that one token, the sequence's class, is three times as likely as each
+other one. The task: name that token.
 
 Padding is adversarial: the positions past a sequence's end are filled with one repeated *wrong*
 token rather than a neutral pad id, so only the ``key_padding_mask`` (True = padding, PyTorch's
@@ -10,7 +11,7 @@ convention) keeps them out of attention and out of the mean over positions. At t
 accuracy is printed twice: with the mask, and with the mask dropped, which shows what it does.
 
     python examples/sequence_classifier.py            # ~1 minute on 2 CPU cores
-    python examples/sequence_classifier.py --smoke    # a few seconds, for the tests
+    python examples/sequence_classifier.py --smoke    # 1,024 sequences of up to 64, for the tests
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from funcdl.data import ArrayDataset, DataLoader
 from funcdl.layers import TransformerClassifier
 from funcdl.train import fit
 
-Q = 8  # vocabulary size (seed 002's q)
+Q = 8  # vocabulary size (the notebook's q)
 
 
 class Sequences(NamedTuple):
@@ -97,9 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grad", choices=["jax", "tape"], default="jax",
                    help="which autodiff engine computes the gradients")
     args = p.parse_args(argv)
-    if args.smoke:
-        args.train_size, args.test_size, args.max_len, args.epochs = 64, 32, 32, 1
-        args.batch_size, args.dim = 16, 16
+    if args.smoke:  # small enough to compile fast, large enough to learn (~75% with the mask)
+        args.train_size, args.test_size, args.max_len, args.epochs = 1024, 256, 64, 4
+        args.batch_size, args.dim = 32, 16
 
     train = make_sequences(args.train_size, args.max_len, args.seed)
     test = make_sequences(args.test_size, args.max_len, args.seed + 1)

@@ -3,26 +3,22 @@
 A tensor is a flat storage plus a layout (shape, strides, offset). This walks the slides' 3x3
 ``sum`` over dim 0 and dim 1 and their 2x2x3x2 ``sum`` over dim 2 with ``funcdl.ops.explain``,
 then shows that transpose, select, slice and expand only change the layout: the storage is the
-very same array, never copied. Every reduction is checked against numpy.
+very same array, never copied. Every reduction is checked against numpy. The walk is printed
+and written to ``walk.txt`` under ``--out``.
 
     python examples/strides_walkthrough.py
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
+import io
 import sys
 
 import numpy as np
+from _common import parser
 
 from funcdl import ops
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--smoke", action="store_true",
-                        help="for the tests: the same walk (it takes well under a second anyway)")
-    return parser.parse_args(argv)
 
 
 def layout(name: str, s: ops.StridedArray) -> str:
@@ -56,8 +52,22 @@ def check(s: ops.StridedArray, dim, reference: np.ndarray) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parse_args(argv)
+    # --smoke changes nothing: the whole walk takes well under a second
+    args = parser(__doc__.split("\n\n")[0], "strides_walkthrough", seed=False).parse_args(argv)
+    walk = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(walk):
+            walk_through()
+    finally:  # also when a check fails: the walk up to it
+        print(walk.getvalue(), end="")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "walk.txt").write_text(walk.getvalue())
+    print(f"\n(this walk is also in {args.out / 'walk.txt'})")
+    return 0
 
+
+def walk_through() -> None:
+    """Print the three sections: the 3x3 sums, the 2x2x3x2 sum, the views."""
     print("== 1. The slides' 3x3: x[i, j] lives at offset i*3 + j*1")
     x = slides_3x3()
     print(layout("x", x))
@@ -98,7 +108,6 @@ def main(argv: list[str] | None = None) -> int:
     print("  stride 0 reads the same element four times: a broadcast with no copy")
     print(np.asarray(ops.to_array(wide)))
     check(wide, 1, np.broadcast_to(np.asarray(ops.to_array(col)), (3, 4)))
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """One encoder classifier trained twice, by jax.grad and by funcdl's tape, step for step.
 
-The model and data are ``sequence_classifier.py``'s (seed 002's TransformerClassifier on random
-token sequences with a key-padding mask). Both runs start from the same parameters, see the same
-batches and use the same jitted AdamW step; only the autodiff engine differs: ``jax.grad``
+The model and data are ``sequence_classifier.py``'s (the course notebook's TransformerClassifier
+on random token sequences with a key-padding mask). Both runs start from the same parameters, see
+the same batches and use the same jitted AdamW step; only the autodiff engine differs: ``jax.grad``
 (``grad="jax"``) or ``funcdl.tape.value_and_grad`` (``grad="tape"``), which records the layers'
 ``propagate`` closures while JAX traces, so XLA compiles the tape's backward pass too. Each step
 prints both losses, the max difference between the two runs' gradients and parameters, and both
