@@ -92,10 +92,20 @@ def test_unknown_example_lists_valid_names(capsys):
         assert name in err
 
 
-def test_examples_runs_an_example_with_arguments_after_double_dash(capsys):
-    code, out, _ = run(capsys, "examples", "strides_walkthrough", "--", "--smoke")
+def test_examples_runs_an_example_with_arguments_after_double_dash(capsys, tmp_path):
+    # NAME.py (as the README's table spells it) names the same example as NAME
+    code, out, _ = run(capsys, "examples", "strides_walkthrough.py", "--", "--smoke",
+                       "--out", str(tmp_path))
     assert code == 0
     assert "result: [1.2, 1.5, 1.8]" in out and "strides (12, 6, 2, 1)" in out
+    assert "result: [1.2, 1.5, 1.8]" in (tmp_path / "walk.txt").read_text()
+
+
+@pytest.mark.parametrize("argv", [("demo", "--resum"), ("explain", "sum", "--dim=1", "--tr"),
+                                  ("examples", "strides_walkthrough", "--", "--smok")])
+def test_option_prefixes_are_refused(capsys, argv):
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and "unrecognized arguments: " + argv[-1] in err
 
 
 def test_example_argument_errors_pass_through(capsys):

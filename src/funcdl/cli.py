@@ -397,10 +397,11 @@ def _examples(args: argparse.Namespace) -> int:
         for name, path in found.items():
             print(f"  {name.ljust(width)}  {describe(path)}")
         return 0
-    if args.name not in found:
+    name = args.name.removesuffix(".py")  # `funcdl examples mlp_digits.py` means the file
+    if name not in found:
         return _usage_error("examples", f"unknown example {args.name!r}; valid names: "
                             f"{', '.join(found)}")
-    return run_example(found[args.name], args.args)
+    return run_example(found[name], args.args)
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -495,12 +496,13 @@ def _check(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="funcdl", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, run: Callable[[argparse.Namespace], int], help: str):
-        p = sub.add_parser(name, help=help, description=help)
+        # allow_abbrev=False: a prefix such as --resum is an error, not a silent --resume
+        p = sub.add_parser(name, help=help, description=help, allow_abbrev=False)
         p.set_defaults(run=run)
         return p
 
