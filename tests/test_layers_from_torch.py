@@ -6,6 +6,7 @@ Torch runs with gradients enabled: its inference fast path (no_grad, eval) compu
 (1.4e-4 off its own regular path here), and zeroes padded outputs of a nested-tensor encoder.
 """
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -278,3 +279,14 @@ def test_every_declared_torch_counterpart_converts_both_ways():
         assert repr(back) == repr(ex.torch_module), cls.__name__
         done.append(cls.__name__)
     assert {"Linear", "MultiHeadAttention", "TransformerEncoder", "Sequential", "GELU"} <= set(done)
+
+
+def test_embedding_under_jit_with_ids_closed_over():
+    """Concrete ids captured by a jitted function: the eager range check reads them with numpy
+    (``int(ids.min())`` would be staged into the trace and fail)."""
+    t = nn.Embedding(5, 3)
+    m = L.from_torch(t)
+    ids = jnp.asarray([[0, 4], [3, 1]])
+    graphdef, params = nnx.split(m)
+    got = jax.jit(lambda p: nnx.merge(graphdef, p)(ids))(params)
+    np.testing.assert_array_equal(np.asarray(got), t(torch.tensor([[0, 4], [3, 1]])).detach())

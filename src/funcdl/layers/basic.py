@@ -192,7 +192,7 @@ class Embedding(nnx.Module):
                 f"{ids.dtype}; pass token ids (e.g. ids.astype(jnp.int32))"
             )
         if not isinstance(ids, jax.core.Tracer) and ids.size:
-            lo, hi = int(ids.min()), int(ids.max())
+            lo, hi = int(np.min(np.asarray(ids))), int(np.max(np.asarray(ids)))  # not staged
             if lo < 0 or hi >= self.num_embeddings:
                 # XLA would clamp silently; PyTorch raises, and so do we (when ids are concrete).
                 raise IndexError(
