@@ -162,16 +162,6 @@ class TransformerEncoderLayer(nnx.Module):
         return self.norm2(F.add(x, self._ff(x)))
 
 
-def _is_tape_tensor(leaf) -> bool:
-    tensor_type = getattr(F, "Tensor", None)
-    return tensor_type is not None and isinstance(leaf, tensor_type)
-
-
-def _index_layer(state, i: int):
-    """Layer ``i`` of a stacked state; tape Tensors are indexed with the tape so grads flow."""
-    return jax.tree.map(lambda a: F.getitem(a, i) if _is_tape_tensor(a) else a[i], state)
-
-
 def _encoder_from_torch(t, b: Build):
     configs = [_layer_config(layer, b) for layer in t.layers]
     if any(c != configs[0] for c in configs):
@@ -214,10 +204,9 @@ class TransformerEncoder(nnx.Module):
 
     ``self.layers`` is one ``TransformerEncoderLayer`` whose every parameter has a leading
     ``num_layers`` axis. The forward pass runs the layers with
-    ``jax.lax.scan`` over that axis, so the compiled program holds one layer body and compile time
-    does not grow with depth. Tape ``Tensor``s cannot pass through ``lax.scan`` (it traces its body
-    with abstract arrays), so when the parameters or the input are tape Tensors the same body runs
-    in a Python loop over the layers instead. ``final_norm=True`` adds a LayerNorm at the end
+    ``funcdl.tape.scan`` over that axis (``jax.lax.scan`` on arrays; one recorded node when tape
+    Tensors flow), so the compiled program holds one layer body and compile time does not grow
+    with depth, for ``jax.grad`` and the tape alike. ``final_norm=True`` adds a LayerNorm at the end
     (PyTorch's ``norm=`` argument; its default ``None`` matches ``final_norm=False``). The
     dropout options are ``TransformerEncoderLayer``'s.
     """
@@ -259,14 +248,7 @@ class TransformerEncoder(nnx.Module):
                       is_causal=is_causal)
             return h, (nnx.state(layer, nnx.RngState) if draws else None)
 
-        if _is_tape_tensor(x) or any(_is_tape_tensor(a) for a in jax.tree.leaves(state)):
-            rng_states = []
-            for i in range(self.num_layers):
-                x, rng_state = body(x, _index_layer(state, i))
-                rng_states.append(rng_state)
-            new_rng = jax.tree.map(lambda *a: jnp.stack(a), *rng_states) if draws else None
-        else:
-            x, new_rng = jax.lax.scan(body, x, state)
+        x, new_rng = F.scan(body, x, state)
         if draws:
             nnx.update(self.layers, new_rng)
         return x if self.norm is None else self.norm(x)
