@@ -256,15 +256,16 @@ def hardsigmoid(x: Any) -> Any:
 
 @jax.jit
 def _hardswish(x: Any) -> Any:
-    return jnp.where(x < -3, 0.0, jnp.where(x <= 3, x * (x + 3) / 6, x)).astype(x.dtype)
+    return jnp.where(x <= -3, 0.0, jnp.where(x < 3, x * (x + 3) / 6, x)).astype(x.dtype)
 
 
 @op(_drawn("x3", scale=3.0), torch="torch.nn.functional.hardswish")
 def hardswish(x: Any) -> Any:
-    """x relu6(x + 3) / 6; slope x/3 + 1/2 on [-3, 3] (ends included, as torch's kernel)."""
+    """x relu6(x + 3) / 6; slope x/3 + 1/2 strictly inside (-3, 3), 0 at -3 and 1 at 3 (the
+    outer branches' slopes, as torch's kernel)."""
     def slope(x: Any) -> Any:
         c = constant(x)
-        return where(c < -3, 0.0, where(c <= 3, add(mul(x, 1 / 3), 0.5), 1.0))
+        return where(c <= -3, 0.0, where(c < 3, add(mul(x, 1 / 3), 0.5), 1.0))
 
     return _pointwise("HardswishBackward0", _hardswish, x, slope)
 

@@ -119,7 +119,7 @@ def cross_entropy(input: Any, target: Any, weight: Any = None, *, ignore_index: 
     """
     check_reduction(reduction)
     if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
+        raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
     input, weight = in_float32(unwrap(input), unwrap(weight))
     target = jnp.asarray(constant(unwrap(target)))
     shape = shape_of(input)

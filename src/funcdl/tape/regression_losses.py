@@ -28,9 +28,8 @@ from funcdl.tape.tensor import constant, shape_of, unwrap
 
 
 def _distance(input: Any, target: Any) -> Any:
-    """|input - target|, broadcast with torch's warning when the shapes differ; 16-bit inputs in
-    float32 (as funcdl's other losses)."""
-    warn_target_size(input, target)
+    """|input - target| (broadcast); 16-bit inputs in float32, as funcdl's other losses. Each
+    caller warns first, as torch, when the shapes differ (the warning points at its caller)."""
     input, target = in_float32(unwrap(input), unwrap(target))
     return abs(sub(input, target))
 
@@ -64,6 +63,7 @@ def _case(label: str, scale: float = 1.0, weight: bool = False, **choices: Any) 
 def l1_loss(input: Any, target: Any, *, reduction: str = "mean", weight: Any = None) -> Any:
     """Mean absolute error. With ``weight`` (the input's shape) torch's weighted mean:
     sum(weight |d|) / sum(weight)."""
+    warn_target_size(input, target)
     if weight is None:
         check_reduction(reduction)
         return apply_reduction(_distance(input, target), reduction)
@@ -79,6 +79,7 @@ def smooth_l1_loss(input: Any, target: Any, *, reduction: str = "mean", beta: fl
     check_reduction(reduction)
     if beta < 0:
         raise RuntimeError("smooth_l1_loss does not support negative values for beta.")
+    warn_target_size(input, target)
     d = _distance(input, target)
     if beta == 0:  # torch's l1 branch: 0.5 d^2 / 0 would put inf * 0 = NaN in the gradient
         return apply_reduction(d, reduction)
@@ -100,6 +101,7 @@ def huber_loss(input: Any, target: Any, reduction: str = "mean", delta: float = 
         check_reduction(reduction)
     else:
         weight = _check_weight(weight, input, reduction)
+    warn_target_size(input, target)
     d = _distance(input, target)
     loss = where(constant(d) < delta, mul(0.5, mul(d, d)), mul(delta, sub(d, 0.5 * delta)))
     return apply_reduction(loss if weight is None else mul(loss, weight), reduction)
