@@ -26,7 +26,6 @@ import dataclasses
 import json
 import pathlib
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +34,7 @@ from _common import parser, positive_float, positive_int, stopwatch
 from flax import nnx
 
 from funcdl import optim, tape
+from funcdl.check import compare_with_jax
 from funcdl.cli import INTERRUPTED
 from funcdl.data import DataLoader
 from funcdl.data.datasets import python_docs_corpus
@@ -185,19 +185,9 @@ def tape_vs_jax(model: MaskedLanguageModel, corpus: Corpus, max_len: int, seed: 
     def loss(params, inputs, padding, labels):
         return mlm_loss(nnx.merge(graphdef, params, rest), inputs, padding, labels)
 
-    out = {}
-    batch = (inputs, padding, labels)
-    for name, grad in (("jax", jax.grad), ("tape", tape.grad)):
-        fn = jax.jit(grad(loss))
-        jax.block_until_ready(fn(params, *batch))  # compile
-        t0 = time.perf_counter()
-        out[name] = jax.block_until_ready(fn(params, *batch))
-        out[f"{name}_ms"] = (time.perf_counter() - t0) * 1e3
-    pairs = zip(jax.tree.leaves(out["tape"]), jax.tree.leaves(out["jax"]))
-    diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in pairs)
-    scale = max(float(jnp.max(jnp.abs(b))) for b in jax.tree.leaves(out["jax"]))
-    return {"max_abs_diff": diff, "max_abs_grad": scale, "jax_ms": out["jax_ms"],
-            "tape_ms": out["tape_ms"], "leaves": len(jax.tree.leaves(out["jax"]))}
+    c = compare_with_jax(loss, params, inputs, padding, labels, timed=True)
+    return {"max_abs_diff": c.abs_diff, "max_abs_grad": c.scale, "jax_ms": c.jax_ms,
+            "tape_ms": c.tape_ms, "leaves": c.leaves}
 
 
 # ----------------------------------------------------------------------------- main

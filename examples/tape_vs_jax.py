@@ -20,13 +20,13 @@ import time
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 import optax
 from _common import parser, positive_int
 from flax import nnx
 from sequence_classifier import build_model, loss_fn, make_sequences
 
 from funcdl import optim, tape
+from funcdl.check import max_abs_diff
 from funcdl.data import ArrayDataset, DataLoader
 
 ENGINES: dict[str, Callable] = {"jax": jax.value_and_grad, "tape": tape.value_and_grad}
@@ -46,11 +46,6 @@ def make_step(graphdef, rest, optimizer: optax.GradientTransformation, engine: s
         return optax.apply_updates(params, updates), opt_state, value, grads
 
     return step
-
-
-def max_diff(a, b) -> float:
-    return max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(a),
-                                                              jax.tree.leaves(b)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,9 +83,9 @@ def main(argv: list[str] | None = None) -> int:
             run["ms"].append((time.perf_counter() - t0) * 1e3)  # step 1 includes compilation
             run["params"], run["opt_state"] = res[0], res[1]
             out[engine] = res
-        grad_diff = max_diff(out["jax"][3], out["tape"][3])
+        grad_diff = max_abs_diff(out["jax"][3], out["tape"][3])
         worst = max(worst, grad_diff)
-        param_diff = max_diff(runs["jax"]["params"], runs["tape"]["params"])
+        param_diff = max_abs_diff(runs["jax"]["params"], runs["tape"]["params"])
         print(f"{i + 1:>4}  {float(out['jax'][2]):10.5f}  {float(out['tape'][2]):11.5f}  "
               f"{grad_diff:14.2e}  {param_diff:15.2e}  {runs['jax']['ms'][-1]:7.1f}  "
               f"{runs['tape']['ms'][-1]:7.1f}")
@@ -103,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
           f"(tape / jax = {med['tape'] / med['jax']:.2f})")
     print(f"largest gradient difference over {len(later['jax']) + 1} steps: {worst:.2e}; "
           f"final parameters differ by at most "
-          f"{max_diff(runs['jax']['params'], runs['tape']['params']):.2e}")
+          f"{max_abs_diff(runs['jax']['params'], runs['tape']['params']):.2e}")
     print("(AdamW divides by sqrt(v): where a gradient is ~0, a 1e-8 difference can move a "
           "parameter by up to lr, so parameters drift apart faster than gradients)")
     return 0
