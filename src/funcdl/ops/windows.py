@@ -58,6 +58,7 @@ def plan_windows(s: StridedArray, dims: tuple[int, ...]) -> tuple[StridedArray, 
     reduced = [d for d in real if d in dims]
     if not reduced or len(real) ** len(reduced) > MAX_PAIRINGS:
         return None
+    candidates = []
     for partners in itertools.product([None, *real], repeat=len(reduced)):
         chosen = [p for p in partners if p is not None]
         pairs = {r: p for r, p in zip(reduced, partners) if p is not None}
@@ -66,9 +67,12 @@ def plan_windows(s: StridedArray, dims: tuple[int, ...]) -> tuple[StridedArray, 
             continue
         groups = tuple((d, pairs[d]) if d in pairs else (d,) for d in real if d not in chosen)
         base = _merged(s, groups)
-        if plan_slices(base) is not None or plan_stacked(base) is not None:
+        if plan_slices(base) is not None:  # a box: read once, in storage order
             return base, groups
-    return None
+        candidates.append((base, groups))
+    # no box: a base that is a stack of boxes (one window pair left overlapping) still beats
+    # copying every window
+    return next(((b, g) for b, g in candidates if plan_stacked(b) is not None), None)
 
 
 def _init(op: str, dtype) -> np.ndarray:
