@@ -78,6 +78,10 @@ def test_autograd_walkthrough_gives_the_slides_gradient(example, tmp_path):
     assert len(values) == 4 and all(abs(float(v) - 2 * sigma * (1 - sigma)) < 1e-6
                                     for v in values)
     assert (tmp_path / "autograd_walkthrough" / "graph.dot").read_text().startswith("digraph")
+    # forward mode accumulates the same slope from x outwards (dual numbers)
+    assert "y = 0.7311, dy/dx = 0.1966" in out and f"z = 1.4621, dz/dx = {expected}" in out
+    # both modes' Jacobians were checked against jax.jacobian inside the example
+    assert re.search(r"64 -> 2\s+64\s+2\s", out) and re.search(r"2 -> 64\s+2\s+64\s", out)
 
 
 def percentages(out: str, label: str) -> list[float]:
