@@ -25,3 +25,11 @@ def test_quick_start_is_two_commands_and_ci_runs_the_second():
 def test_python_block_runs(index: int, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # blocks that write files write them here, never into the repo
     exec(compile(_blocks("python")[index], f"README.md python block {index}", "exec"), {})
+
+
+def test_source_excerpts_are_the_source():
+    """A ``py`` block naming a file in its first line is a verbatim excerpt of that file."""
+    for block in _blocks("py"):
+        first, _, body = block.partition("\n")
+        path = ROOT / first.removeprefix("# ").strip()
+        assert body.strip() in path.read_text(), f"README excerpt of {path} is out of date"
