@@ -11,16 +11,13 @@ from tokenizers import (
     Tokenizer,
     decoders,
     models,
-    normalizers,
     pre_tokenizers,
-    processors,
     trainers,
 )
 
 from funcdl.data.datasets import python_docs_corpus
-from funcdl.data.text import PretrainedTokenizer, load_tokenizer
+from funcdl.data.text import PretrainedTokenizer, load_tokenizer, train_wordpiece
 
-SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 TEXTS = ["The interpreter reads a line.", "Lists are mutable sequences, typically used to store "
          "collections of homogeneous items!", "ünïcödé and UPPER case", ""]
 PAIRS = ["a second segment", "short", "Another one, longer than the first of them all", "x"]
@@ -31,26 +28,12 @@ def corpus():
     return python_docs_corpus()[:2000]
 
 
-def _wordpiece(corpus, path):
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(corpus, trainers.WordPieceTrainer(
-        vocab_size=300, special_tokens=SPECIALS, show_progress=False))
-    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
-    tok.decoder = decoders.WordPiece()
-    tok.save(str(path))
-    return path
-
-
 @pytest.fixture(scope="module")
 def wordpiece(corpus, tmp_path_factory):
     """A BERT-style tokenizer.json, and transformers' tokenizer of it saved as a directory."""
     d = tmp_path_factory.mktemp("wordpiece")
-    path = _wordpiece(corpus, d / "tokenizer.json")
+    path = d / "tokenizer.json"
+    train_wordpiece(corpus, 300).save(path)
     hf = T.PreTrainedTokenizerFast(tokenizer_file=str(path), pad_token="[PAD]",
                                    unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
                                    mask_token="[MASK]")
@@ -163,3 +146,5 @@ def test_bad_input_is_named(wordpiece, tmp_path):
     with pytest.raises(ValueError, match="pad_token '<nope>' is not in the vocabulary"):
         load_tokenizer(path, pad_token="<nope>")
     assert isinstance(tok, PretrainedTokenizer)
+    with pytest.raises(ValueError, match=r"specials must include \['\[CLS\]'\]"):
+        train_wordpiece(TEXTS, 100, specials=("[PAD]", "[UNK]", "[SEP]"))

@@ -32,6 +32,7 @@ __all__ = [
     "PretrainedTokenizer",
     "BPETokenizer",
     "train_bpe",
+    "train_wordpiece",
     "load_tokenizer",
 ]
 
@@ -535,3 +536,36 @@ def train_bpe(texts: Iterable[str], vocab_size: int,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(texts, trainer=trainer)
     return BPETokenizer(tok)
+
+
+def train_wordpiece(texts: Iterable[str], vocab_size: int,
+                    specials: Sequence[str] = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"), *,
+                    lowercase: bool = True) -> PretrainedTokenizer:
+    """Train a BERT-style WordPiece tokenizer on ``texts``, offline: BERT's normaliser and
+    pre-tokenizer, ``[CLS] a [SEP]`` and ``[CLS] a [SEP] b [SEP]`` (token types 0, then 1).
+    ``specials`` get ids 0, 1, ... and must hold ``[UNK]``, ``[CLS]`` and ``[SEP]``; the first is
+    the padding token. ``save`` it as a ``tokenizer.json`` that transformers reads too."""
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
+
+    missing = [t for t in ("[UNK]", "[CLS]", "[SEP]") if t not in specials]
+    if missing:
+        raise ValueError(f"specials must include {missing}")
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(
+        vocab_size=vocab_size, special_tokens=list(specials), show_progress=False))
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    tok.decoder = decoders.WordPiece()
+    return PretrainedTokenizer(tok, pad_token=specials[0])

@@ -94,43 +94,23 @@ class _Activation(nnx.Module):
         return activation_fn(self.name)(x)
 
 
-def _activation(torch_name: str):
-    """Declare an activation module without arguments as the counterpart of ``torch_name``."""
-    short = torch_name.rpartition(".")[2]
-
-    def declare(cls: type) -> type:
-        return torch_layer(
-            torch_name, keys=lambda m: {},
-            example=lambda torch: Example(cls(), getattr(torch.nn, short)(), sample(3, 4)),
-            from_torch=lambda t, b: cls(),
-            to_torch=lambda m, b: getattr(b.torch.nn, short)())(cls)
-
-    return declare
+def _activation(short: str, name: str) -> type:
+    """The module class of ``torch.nn.<short>`` (no arguments), computing ``activation_fn(name)``,
+    declared as that class's counterpart."""
+    cls = type(short, (_Activation,), {"name": name, "__module__": __name__,
+                                        "__doc__": f"``nn.{short}()``: ``{name}``."})
+    return torch_layer(
+        f"torch.nn.{short}", keys=lambda m: {},
+        example=lambda torch: Example(cls(), getattr(torch.nn, short)(), sample(3, 4)),
+        from_torch=lambda t, b: cls(),
+        to_torch=lambda m, b: getattr(b.torch.nn, short)())(cls)
 
 
-@_activation("torch.nn.ReLU")
-class ReLU(_Activation):
-    name = "relu"
-
-
-@_activation("torch.nn.Tanh")
-class Tanh(_Activation):
-    name = "tanh"
-
-
-@_activation("torch.nn.Sigmoid")
-class Sigmoid(_Activation):
-    name = "sigmoid"
-
-
-@_activation("torch.nn.SiLU")
-class SiLU(_Activation):
-    name = "silu"
-
-
-@_activation("torch.nn.Identity")
-class Identity(_Activation):
-    name = "identity"
+ReLU = _activation("ReLU", "relu")
+Tanh = _activation("Tanh", "tanh")
+Sigmoid = _activation("Sigmoid", "sigmoid")
+SiLU = _activation("SiLU", "silu")
+Identity = _activation("Identity", "identity")
 
 
 @torch_layer(
