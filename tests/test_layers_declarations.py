@@ -77,10 +77,13 @@ def test_torch_loaded_with_funcdl_weights_computes_the_same(cls):
     ex.torch_module.load_state_dict(
         {k: torch.from_numpy(v) for k, v in L.to_torch_state_dict(ex.module).items()})
     call = ex.call or (lambda t, x: t(x))
-    with torch.no_grad():
-        want = call(ex.torch_module, torch.from_numpy(ex.input)).numpy()
-    got = _apply(*nnx.split(ex.module), jnp.asarray(ex.input))
-    np.testing.assert_allclose(np.asarray(got), want, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # every output: (output, (h_n, c_n)) for an LSTM
+        want = jax.tree.leaves(call(ex.torch_module, torch.from_numpy(ex.input)),
+                               is_leaf=torch.is_tensor)
+    got = jax.tree.leaves(_apply(*nnx.split(ex.module), jnp.asarray(ex.input)))
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(np.asarray(g), w.numpy(), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("cls", PAIRED, ids=lambda c: c.__name__)
