@@ -32,6 +32,7 @@ from funcdl.layers.counterpart import (
     sample,
     torch_layer,
 )
+from funcdl.layers.normalization import RMSNorm
 from funcdl.layers.sequential import SequenceFirst, activation_module, activation_name
 
 __all__ = [
@@ -50,19 +51,43 @@ class FeedForward(nnx.Module):
     This is PyTorch's ``TransformerEncoderLayer._ff_block`` without its trailing ``dropout2``
     (the encoder layer applies that one to the residual branch); the slides' ``FeedForward`` is
     the same block with its dropout moved to the end.
+
+    ``activation="swiglu"`` is LLaMA's gated block, seed 004's SwiGLU ``MLP``:
+    ``down_proj(dropout(silu(gate_proj(x)) * up_proj(x)))``, with the seed's names (its torch
+    state dict loads by name). ``bias=False`` drops every projection's bias, as LLaMA does.
     """
 
     def __init__(self, embed_dim: int, ff_dim: int, *, dropout: float = 0.1,
-                 activation: str = "gelu", rngs: nnx.Rngs):
+                 activation: str = "gelu", bias: bool = True, rngs: nnx.Rngs):
         check_positive(embed_dim=embed_dim, ff_dim=ff_dim)
-        activation_fn(activation)
         self.activation = activation
-        self.linear1 = Linear(embed_dim, ff_dim, rngs=rngs)
+        if activation == "swiglu":  # the seed's order of definition: its state dict's order
+            self.up_proj = Linear(embed_dim, ff_dim, bias=bias, rngs=rngs)
+            self.gate_proj = Linear(embed_dim, ff_dim, bias=bias, rngs=rngs)
+            self.dropout = Dropout(dropout, rngs=rngs)
+            self.down_proj = Linear(ff_dim, embed_dim, bias=bias, rngs=rngs)
+            return
+        try:
+            activation_fn(activation)
+        except ValueError as err:
+            raise ValueError(f"{err} (or 'swiglu')") from None
+        self.linear1 = Linear(embed_dim, ff_dim, bias=bias, rngs=rngs)
         self.dropout = Dropout(dropout, rngs=rngs)
-        self.linear2 = Linear(ff_dim, embed_dim, rngs=rngs)
+        self.linear2 = Linear(ff_dim, embed_dim, bias=bias, rngs=rngs)
 
     def __call__(self, x):
+        if self.activation == "swiglu":
+            gated = F.mul(F.silu(self.gate_proj(x)), self.up_proj(x))
+            return self.down_proj(self.dropout(gated))
         return self.linear2(self.dropout(activation_fn(self.activation)(self.linear1(x))))
+
+
+def _norm(kind: str, dim: int, eps: float) -> nnx.Module:
+    if kind == "layernorm":
+        return LayerNorm(dim, eps=eps)
+    if kind == "rmsnorm":
+        return RMSNorm(dim, eps=eps)
+    raise ValueError(f"norm must be 'layernorm' or 'rmsnorm', got {kind!r}")
 
 
 def _layer_config(t, b: Build) -> dict:
@@ -91,6 +116,11 @@ def _layer_from_torch(t, b: Build):
 def _layer_to_torch(m: TransformerEncoderLayer, b: Build):
     """torch's layer of ``m``'s configuration (static attributes only: ``m`` may be stacked)."""
     ff, attn = m.feed_forward, m.attention
+    if ff.activation == "swiglu" or isinstance(m.norm1, RMSNorm):
+        raise UnsupportedModuleError(
+            "to_torch: nn.TransformerEncoderLayer has no SwiGLU feed-forward or RMSNorm "
+            "(activation='swiglu', norm='rmsnorm'); convert the layer's parts instead "
+            "(attention, feed_forward's Linears, norm1/norm2)")
     act = ff.activation if ff.activation in ("relu", "gelu") else b.child(
         activation_module(ff.activation))  # torch's fast path knows the strings
     t = b.torch.nn.TransformerEncoderLayer(
@@ -101,10 +131,18 @@ def _layer_to_torch(m: TransformerEncoderLayer, b: Build):
     return t
 
 
+def _feed_forward_keys(ff: FeedForward) -> dict:
+    """torch's names of the feed-forward's tensors inside an encoder layer: ``linear1/linear2``
+    (nn.TransformerEncoderLayer's), or the gated block under ``mlp`` (LLaMA's)."""
+    if ff.activation == "swiglu":
+        return {"mlp": ff}
+    return {"linear1": ff.linear1, "linear2": ff.linear2}
+
+
 @torch_layer(
     "torch.nn.TransformerEncoderLayer",
-    keys=lambda m: {"self_attn": m.attention, "linear1": m.feed_forward.linear1,
-                    "linear2": m.feed_forward.linear2, "norm1": m.norm1, "norm2": m.norm2},
+    keys=lambda m: {"self_attn": m.attention, **_feed_forward_keys(m.feed_forward),
+                    "norm1": m.norm1, "norm2": m.norm2},
     example=lambda torch: Example(
         TransformerEncoderLayer(8, 2, 16, rngs=nnx.Rngs(0)),
         torch.nn.TransformerEncoderLayer(8, 2, 16, activation="gelu", batch_first=True,
@@ -125,12 +163,16 @@ class TransformerEncoderLayer(nnx.Module):
     ``dropout`` applies to both residual branches and, unless given their own rates, to the
     attention weights (``attention_dropout``) and after the activation (``activation_dropout``),
     as in torch; BERT has ``activation_dropout=0``.
+
+    LLaMA-style: ``activation="swiglu"`` (a gated ``FeedForward``, torch keys ``mlp.gate_proj``,
+    ``mlp.up_proj``, ``mlp.down_proj``) and ``norm="rmsnorm"`` (``RMSNorm`` with eps
+    ``layer_norm_eps``); torch has no such encoder layer, so ``to_torch`` refuses them.
     """
 
     def __init__(self, embed_dim: int, num_heads: int, ff_dim: int, *, dropout: float = 0.1,
                  activation: str = "gelu", norm_first: bool = True, layer_norm_eps: float = 1e-5,
                  attention_dropout: float | None = None, activation_dropout: float | None = None,
-                 rngs: nnx.Rngs):
+                 norm: str = "layernorm", rngs: nnx.Rngs):
         check_positive(embed_dim=embed_dim, num_heads=num_heads, ff_dim=ff_dim)
         check_rate("dropout", dropout)
         attention_dropout = dropout if attention_dropout is None else attention_dropout
@@ -142,8 +184,8 @@ class TransformerEncoderLayer(nnx.Module):
                                             rngs=rngs)
         self.feed_forward = FeedForward(embed_dim, ff_dim, dropout=activation_dropout,
                                         activation=activation, rngs=rngs)
-        self.norm1 = LayerNorm(embed_dim, eps=layer_norm_eps)
-        self.norm2 = LayerNorm(embed_dim, eps=layer_norm_eps)
+        self.norm1 = _norm(norm, embed_dim, layer_norm_eps)
+        self.norm2 = _norm(norm, embed_dim, layer_norm_eps)
         self.dropout1 = Dropout(dropout, rngs=rngs)
         self.dropout2 = Dropout(dropout, rngs=rngs)
 
@@ -208,14 +250,15 @@ class TransformerEncoder(nnx.Module):
     Tensors flow), so the compiled program holds one layer body and compile time does not grow
     with depth, for ``jax.grad`` and the tape alike. ``final_norm=True`` adds a LayerNorm at the end
     (PyTorch's ``norm=`` argument; its default ``None`` matches ``final_norm=False``). The
-    dropout options are ``TransformerEncoderLayer``'s.
+    dropout, ``activation`` and ``norm`` options are ``TransformerEncoderLayer``'s (the final
+    norm is of the same kind).
     """
 
     def __init__(self, num_layers: int, embed_dim: int, num_heads: int, ff_dim: int, *,
                  dropout: float = 0.1, activation: str = "gelu", norm_first: bool = True,
                  layer_norm_eps: float = 1e-5, final_norm: bool = False,
                  attention_dropout: float | None = None, activation_dropout: float | None = None,
-                 rngs: nnx.Rngs):
+                 norm: str = "layernorm", rngs: nnx.Rngs):
         check_positive(num_layers=num_layers)
         self.num_layers = num_layers
         self.embed_dim = embed_dim
@@ -225,7 +268,7 @@ class TransformerEncoder(nnx.Module):
                 embed_dim, num_heads, ff_dim, dropout=dropout, activation=activation,
                 norm_first=norm_first, layer_norm_eps=layer_norm_eps,
                 attention_dropout=attention_dropout, activation_dropout=activation_dropout,
-                rngs=rngs)
+                norm=norm, rngs=rngs)
             for _ in range(num_layers)
         ]
         # Stack the layers' states along a new leading axis (what nnx.vmap over the constructor
@@ -233,7 +276,7 @@ class TransformerEncoder(nnx.Module):
         graphdef = nnx.graphdef(layers[0])
         states = [nnx.state(layer) for layer in layers]
         self.layers = nnx.merge(graphdef, jax.tree.map(lambda *a: jnp.stack(a), *states))
-        self.norm = LayerNorm(embed_dim, eps=layer_norm_eps) if final_norm else None
+        self.norm = _norm(norm, embed_dim, layer_norm_eps) if final_norm else None
 
     def __call__(self, x, *, key_padding_mask=None, attn_mask=None, is_causal: bool = False):
         graphdef, state = nnx.split(self.layers)
