@@ -170,7 +170,9 @@ def _check_args(nd: int, stride: Any, padding: Any, dilation: Any, groups: Any) 
             raise ShapeError("negative padding is not supported")
     if min(stride) <= 0:
         raise ShapeError("non-positive stride is not supported")
-    if min(dilation) <= 0:
+    if min(dilation) < 0:
+        raise ShapeError("dilation should be greater than zero")
+    if min(dilation) == 0:
         raise ShapeError("non-positive dilation is not supported")
     if not isinstance(groups, int | np.integer) or groups <= 0:
         raise ShapeError("non-positive groups is not supported")
@@ -291,6 +293,9 @@ def _conv_transpose(name: str, nd: int, input: Any, weight: Any, bias: Any, stri
         raise TypeError(f"{name}(): argument 'padding' must be tuple of ints, not str")
     stride, padding, dilation, groups = _check_args(nd, stride, padding, dilation, groups)
     extra = _args(output_padding, nd, "output_padding")
+    batched = len(xs) == nd + 2
+    xs = xs if batched else (1,) + xs
+    _check_weight(nd, xs, ws, stride, groups, transposed=True)
     if any(e >= s and e >= d for e, s, d in zip(extra, stride, dilation)):
         lead = [(0, 1, 1)] if nd == 1 else []  # torch checks conv_transpose1d as a 2-D one
         e, s, d = zip(*(lead + list(zip(extra, stride, dilation))))
@@ -298,9 +303,6 @@ def _conv_transpose(name: str, nd: int, input: Any, weight: Any, bias: Any, stri
                          f"output_padding_height: {e[0]} output_padding_width: {e[1]} "
                          f"stride_height: {s[0]} stride_width: {s[1]} dilation_height: {d[0]} "
                          f"dilation_width: {d[1]}")
-    batched = len(xs) == nd + 2
-    xs = xs if batched else (1,) + xs
-    _check_weight(nd, xs, ws, stride, groups, transposed=True)
     out_channels = ws[1] * groups
     _check_bias(ws, b, out_channels)
     _check_dtypes(x, w)

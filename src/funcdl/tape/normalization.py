@@ -137,7 +137,7 @@ def _check_batch_norm(shape: tuple, params: dict, training: bool) -> int:
     count = int(np.prod(shape)) // max(channels, 1)
     if training and count <= 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size "
-                         f"{list(shape)}")
+                         f"torch.Size({list(shape)})")  # torch's words, shape and all
     if not training and params["running_mean"] is None:
         raise RuntimeError("running_mean must be defined in evaluation mode")
     return count

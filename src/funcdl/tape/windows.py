@@ -37,8 +37,8 @@ def tuple_arg(v: Any, n: int, name: str, fn: str = "") -> tuple[int, ...]:
         return vals * n
     if len(vals) != n:
         where = f"{fn}: " if fn else ""
-        ints = "a single int" if n == 1 else f"a tuple of {n} ints"
-        raise ShapeError(f"{where}{name} must either be a single int, or {ints}")
+        count = {1: "one", 2: "two", 3: "three"}.get(n, str(n))
+        raise ShapeError(f"{where}{name} must either be a single int, or a tuple of {count} ints")
     return vals
 
 
@@ -147,12 +147,13 @@ def _im2col_args(kernel_size: Any, dilation: Any, padding: Any, stride: Any) -> 
     k = tuple_arg(kernel_size, 2, "kernel_size")
     d, p, s = (tuple_arg(v, 2, n) for v, n in ((dilation, "dilation"), (padding, "padding"),
                                                 (stride, "stride")))
-    for name, v, strict in (("kernel", k, True), ("dilation", d, True), ("stride", s, True),
-                            ("padding", p, False)):
+    for name, label, v, strict in (("kernel size", "kernel", k, True),
+                                   ("dilation", "dilation", d, True),
+                                   ("stride", "stride", s, True), ("padding", "pad", p, False)):
         if min(v) < 0 or (strict and min(v) == 0):
             bound = "greater than zero" if strict else "non-negative"
-            raise ShapeError(f"{name} should be {bound}, but got {name}_height: {v[0]} "
-                             f"{name}_width: {v[1]}")
+            raise ShapeError(f"{name} should be {bound}, but got {label}_height: {v[0]} "
+                             f"{label}_width: {v[1]}")
     return k, d, p, s
 
 
