@@ -28,6 +28,9 @@ class _Functional(nnx.Module):
 
     fn = ""
 
+    def __init__(self):  # no arguments (subclasses with some define their own)
+        pass
+
     def __call__(self, x):
         return getattr(F, self.fn)(x, **self._arguments())
 
@@ -75,9 +78,6 @@ class SELU(_Functional):
 
     fn = "selu"
 
-    def __init__(self):
-        pass
-
 
 @_counterpart("CELU", alpha=2.0)
 class CELU(_Functional):
@@ -96,9 +96,6 @@ class ReLU6(_Functional):
     """``nn.ReLU6()``: min(max(x, 0), 6)."""
 
     fn = "relu6"
-
-    def __init__(self):
-        pass
 
 
 @_counterpart("Hardtanh", min_val=-0.5, max_val=2.0)
@@ -119,18 +116,12 @@ class Hardsigmoid(_Functional):
 
     fn = "hardsigmoid"
 
-    def __init__(self):
-        pass
-
 
 @_counterpart("Hardswish")
 class Hardswish(_Functional):
     """``nn.Hardswish()``: x relu6(x + 3) / 6."""
 
     fn = "hardswish"
-
-    def __init__(self):
-        pass
 
 
 @_counterpart("Mish")
@@ -139,18 +130,12 @@ class Mish(_Functional):
 
     fn = "mish"
 
-    def __init__(self):
-        pass
-
 
 @_counterpart("Softsign")
 class Softsign(_Functional):
     """``nn.Softsign()``: x / (1 + |x|)."""
 
     fn = "softsign"
-
-    def __init__(self):
-        pass
 
 
 @_counterpart("Tanhshrink")
@@ -159,18 +144,12 @@ class Tanhshrink(_Functional):
 
     fn = "tanhshrink"
 
-    def __init__(self):
-        pass
-
 
 @_counterpart("LogSigmoid")
 class LogSigmoid(_Functional):
     """``nn.LogSigmoid()``: log(sigmoid(x)), stable for large |x|."""
 
     fn = "logsigmoid"
-
-    def __init__(self):
-        pass
 
 
 @_counterpart("GLU", dim=1)

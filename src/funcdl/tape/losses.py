@@ -120,14 +120,8 @@ def cross_entropy(input: Any, target: Any, weight: Any = None, *, ignore_index: 
     check_reduction(reduction)
     if not 0.0 <= label_smoothing <= 1.0:
         raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
-    input, weight = in_float32(unwrap(input), unwrap(weight))
-    target = jnp.asarray(constant(unwrap(target)))
-    shape = shape_of(input)
-    if not shape:
-        raise ValueError("Expected 1 or more dimensions (got 0)")
-    cdim = 1 if len(shape) >= 2 else 0
+    input, target, weight, shape, cdim = _class_inputs(input, target, weight)
     n_classes = shape[cdim]
-    _check_class_weight(weight, n_classes)
     logp = log_softmax(input, cdim)
 
     def weighted(x: Any) -> Any:
@@ -164,6 +158,15 @@ def nll_loss(input: Any, target: Any, weight: Any = None, *, ignore_index: int =
     and are left out of the mean, which divides by the kept entries' summed weight (NaN when
     none is kept, as torch). Targets of any integer dtype (JAX has no int64 by default)."""
     check_reduction(reduction)
+    input, target, weight, shape, cdim = _class_inputs(input, target, weight)
+    target = _class_target(shape, target)
+    return _weighted_reduction(*_class_terms(input, target, weight, ignore_index, cdim),
+                               reduction)
+
+
+def _class_inputs(input: Any, target: Any, weight: Any) -> tuple:
+    """A class loss's arguments unwrapped (16-bit floats as float32) and checked as torch checks
+    them, with the input's shape and its class dim (1, or 0 for a (C,) input)."""
     input, weight = in_float32(unwrap(input), unwrap(weight))
     target = jnp.asarray(constant(unwrap(target)))
     shape = shape_of(input)
@@ -171,9 +174,7 @@ def nll_loss(input: Any, target: Any, weight: Any = None, *, ignore_index: int =
         raise ValueError("Expected 1 or more dimensions (got 0)")
     cdim = 1 if len(shape) >= 2 else 0
     _check_class_weight(weight, shape[cdim])
-    target = _class_target(shape, target)
-    return _weighted_reduction(*_class_terms(input, target, weight, ignore_index, cdim),
-                               reduction)
+    return input, target, weight, shape, cdim
 
 
 _TORCH_DTYPES = {"float32": "Float", "float64": "Double", "float16": "Half",
