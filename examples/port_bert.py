@@ -15,7 +15,7 @@ download). Then:
    ``from_pretrained`` loads them and gives funcdl's logits again.
 
     python examples/port_bert.py            # ~2 minutes on 2 CPU cores
-    python examples/port_bert.py --smoke    # tiny sizes, for the tests
+    python examples/port_bert.py --smoke    # tiny sizes and no dropout, for the tests
 """
 
 from __future__ import annotations
@@ -95,7 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     config = transformers.BertConfig(
         vocab_size=len(tok), hidden_size=args.hidden, num_hidden_layers=args.layers,
         num_attention_heads=4, intermediate_size=4 * args.hidden,
-        max_position_embeddings=args.max_len, pad_token_id=tok.pad_id, num_labels=2)
+        max_position_embeddings=args.max_len, pad_token_id=tok.pad_id, num_labels=2,
+        # XLA:CPU compiles dropout's random bits slowly: the smoke run trains without it
+        hidden_dropout_prob=0.0 if args.smoke else 0.1,
+        attention_probs_dropout_prob=0.0 if args.smoke else 0.1)
     hf = transformers.BertForSequenceClassification(config).eval()
     bert = layers.from_transformers(hf)
     n = sum(x.size for x in jax.tree.leaves(nnx.state(bert, nnx.Param)))

@@ -120,10 +120,10 @@ def _loss_weights(outputs: dict) -> dict:
             for i, (k, v) in enumerate(sorted(outputs.items()))}
 
 
-# Together these cover every path: token types, pooler and classifier (BERT), RoBERTa's
-# positions with their padding row, the tied masked-LM decoder, DistilBERT's layer names.
-@pytest.mark.parametrize("arch", ["BertForSequenceClassification", "RobertaForMaskedLM",
-                                  "DistilBertForMaskedLM"])
+# Together these two compute every path: token types, pooler and classifier (BERT), RoBERTa's
+# positions with their padding row, the tied masked-LM decoder. (DistilBERT computes what BERT
+# does under other names, which the output and checkpoint tests check.)
+@pytest.mark.parametrize("arch", ["BertForSequenceClassification", "RobertaForMaskedLM"])
 def test_gradients_equal_torch_backward_and_tape(ported, arch):
     hf, model = ported[arch]
     ids, mask, types = _inputs(arch)

@@ -3,7 +3,7 @@
 
 ``Bert(config)`` is one model for the seven supported architectures (``ARCHITECTURES``): token,
 learned-position (and token-type) embeddings with a LayerNorm, a post-LN ``TransformerEncoder``
-(GELU, BERT's eps 1e-12, no dropout after the activation), and per architecture a pooler, the
+(GELU, BERT's eps 1e-12, dropout where transformers has it), and per architecture a pooler, the
 masked-LM head with its decoder tied to the word embeddings, or a classifier. Its declaration
 maps every parameter to the transformers model's ``state_dict`` key, so ``to_torch_state_dict``,
 ``load_torch_state_dict``, ``save_safetensors`` and ``to_torch`` speak transformers' names.
@@ -261,6 +261,8 @@ class Bert(nnx.Module):
             attention_dropout=c.attention_dropout, activation_dropout=0.0,
             activation=c.activation, norm_first=False, layer_norm_eps=c.layer_norm_eps,
             rngs=rngs)
+        if c.family == "distilbert":  # its attention output goes to the residual undropped
+            self.encoder.layers.dropout1 = Dropout(0.0)
         self.pooler = (Linear(c.hidden_size, c.hidden_size, rngs=rngs)
                        if c.architecture in _POOLED else None)
         self.head = (MLMHead(c.hidden_size, c.vocab_size, embedding=self.embeddings.word,
