@@ -8,6 +8,7 @@ it (device placement, ``text.mask_tokens``), so DataLoader worker processes star
 - ``funcdl.data.text``: ``get_tokenizer``, ``ngrams``, ``Vocab``, ``build_vocab``, ``one_hot``,
   ``pad_batch``, ``pad_collate``, ``mask_tokens``, ``train_bpe``.
 - ``funcdl.data.datasets``: ``digits``, ``python_docs_corpus``, file readers, ``mnist``.
+- ``edit_distance``, ``error_rate`` (PER, WER, CER): ``funcdl.data.metrics``.
 """
 
 from funcdl.data import datasets, text
@@ -27,6 +28,7 @@ from funcdl.data.loader import (
     epoch_permutation,
     padding_fraction,
 )
+from funcdl.data.metrics import edit_distance, error_rate
 
 __all__ = [
     "Dataset",
@@ -41,6 +43,8 @@ __all__ = [
     "bucket_by_length",
     "BucketBatchSampler",
     "padding_fraction",
+    "edit_distance",
+    "error_rate",
     "text",
     "datasets",
 ]
