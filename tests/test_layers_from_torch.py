@@ -202,7 +202,7 @@ class _Mine(nn.Linear):
 
 
 @pytest.mark.parametrize("make, words", [
-    (lambda: nn.Conv1d(2, 3, 3), "torch.nn.modules.conv.Conv1d is not supported"),
+    (lambda: nn.Conv3d(2, 3, 3), "torch.nn.modules.conv.Conv3d is not supported"),
     (lambda: nn.Sequential(nn.Linear(2, 2), nn.Softshrink()), "Softshrink is not supported"),
     (lambda: _Mine(2, 2), "_Mine subclasses torch.nn.modules.linear.Linear"),
     (lambda: nn.MultiheadAttention(D, H, kdim=4), "kdim=4, vdim=8 != embed_dim=8"),
