@@ -304,7 +304,8 @@ def from_torch(torch_module: Any, *, rngs: nnx.Rngs | None = None) -> nnx.Module
             raise UnsupportedModuleError(
                 f"from_torch: {key} is {v.dtype}; funcdl builds float32 layers: convert the "
                 "module with .float() first")
-    build = Build(lambda child: _build_funcdl(child, build), torch, rngs or nnx.Rngs(0))
+    rngs = nnx.Rngs(0) if rngs is None else rngs
+    build = Build(lambda child: _build_funcdl(child, build), torch, rngs)
     module = _build_funcdl(torch_module, build)
     load_torch_state_dict(module, state, strict=True)
     if not torch_module.training:

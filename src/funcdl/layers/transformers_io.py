@@ -177,7 +177,7 @@ def from_transformers(model: Any, *, rngs: nnx.Rngs | None = None) -> Bert:
     config = config_from_transformers(model.config.to_dict(), arch,
                                       where=f"from_transformers({arch})",
                                       extra=model.config.to_diff_dict())
-    bert = Bert(config, rngs=rngs or nnx.Rngs(0))
+    bert = Bert(config, rngs=nnx.Rngs(0) if rngs is None else rngs)
     load_torch_state_dict(bert, _clean(model.state_dict()), strict=True)
     if not model.training:
         bert.eval()
@@ -215,7 +215,7 @@ def load_transformers(path: str | os.PathLike, *, rngs: nnx.Rngs | None = None) 
     config = config_from_transformers(json.loads(config_file.read_text()),
                                       where=str(config_file))
     arrays = _clean(_weights(path))
-    bert = Bert(config, rngs=rngs or nnx.Rngs(0))
+    bert = Bert(config, rngs=nnx.Rngs(0) if rngs is None else rngs)
     check_dtypes(bert, arrays, str(path))
     load_torch_state_dict(bert, arrays, strict=True)
     bert.eval()
