@@ -185,7 +185,7 @@ def ctc_loss(log_probs: Any, targets: Any, input_lengths: Any, target_lengths: A
                                                     (target_lengths, "target_lengths"))]
     _check_lengths(lengths[0], "input_lengths", 0, frames)
     _check_lengths(lengths[1], "target_lengths", 0, None)
-    padded = _padded_targets(targets, lengths[1], n, batched, n_classes)
+    padded = _padded_targets(targets, lengths[1], n, n_classes)
     a = _Alignment(padded, lengths[0], lengths[1], blank, n_classes, frames)
     weights = _weights(reduction, lengths[1], n)
     cache: dict[str, Any] = {}
@@ -246,8 +246,7 @@ def _check_lengths(v: Any, name: str, low: int, high: int | None) -> None:
                            f"{int(v.max())} {_CHECKING}")
 
 
-def _padded_targets(targets: Any, target_lengths: Any, n: int, batched: bool,
-                    n_classes: int) -> Any:
+def _padded_targets(targets: Any, target_lengths: Any, n: int, n_classes: int) -> Any:
     """(N, S) targets from either layout (torch's size errors for short ones)."""
     t = jnp.asarray(constant(unwrap(targets)))
     if not jnp.issubdtype(t.dtype, jnp.integer):
@@ -256,8 +255,7 @@ def _padded_targets(targets: Any, target_lengths: Any, n: int, batched: bool,
         raise RuntimeError(f"Expected 1 to 2 dimensions, but got {t.ndim}-dimensional tensor for "
                            f"argument #2 'targets' {_CHECKING}")
     concrete = _concrete(target_lengths)
-    if t.ndim == 2 or not batched:
-        t = t if t.ndim == 2 else t[None]
+    if t.ndim == 2:
         need = int(target_lengths.max()) if concrete and target_lengths.size else 0
         if t.shape[1] < need:
             raise RuntimeError(f"Expected tensor to have size at least {need} at dimension 1, "
