@@ -7,6 +7,24 @@ built by hand; ``from_transformers`` / ``load_transformers`` / ``save_transforme
 Hugging Face BERT-family models, ``load_safetensors`` / ``save_safetensors`` for files.
 """
 
+from funcdl.layers.activations import (
+    CELU,
+    ELU,
+    GLU,
+    SELU,
+    Hardsigmoid,
+    Hardswish,
+    Hardtanh,
+    LogSigmoid,
+    LogSoftmax,
+    Mish,
+    PReLU,
+    ReLU6,
+    Softmax,
+    Softplus,
+    Softsign,
+    Tanhshrink,
+)
 from funcdl.layers.attention import (
     AttentionHead,
     MultiHeadAttention,
@@ -22,8 +40,22 @@ from funcdl.layers.basic import (
     PositionalEmbedding,
     sinusoidal_table,
 )
+from funcdl.layers.batchnorm import BatchNorm1d, BatchNorm2d
 from funcdl.layers.bert import Bert, BertConfig, BertOutput, TextEmbeddings
+from funcdl.layers.conv import Conv1d, Conv2d, ConvTranspose1d, ConvTranspose2d
 from funcdl.layers.counterpart import UnsupportedModuleError
+from funcdl.layers.ctc import CTCBeamDecoder, ctc_greedy_decode
+from funcdl.layers.normalization import RMSNorm
+from funcdl.layers.pooling import (
+    AdaptiveAvgPool2d,
+    AdaptiveMaxPool2d,
+    AvgPool1d,
+    AvgPool2d,
+    Flatten,
+    MaxPool1d,
+    MaxPool2d,
+)
+from funcdl.layers.recurrent import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 from funcdl.layers.safetensors_io import load_safetensors, save_safetensors
 from funcdl.layers.sequential import (
     GELU,
@@ -82,6 +114,44 @@ __all__ = [
     "SiLU",
     "Identity",
     "LeakyReLU",
+    "ELU",
+    "SELU",
+    "CELU",
+    "ReLU6",
+    "Hardtanh",
+    "Hardsigmoid",
+    "Hardswish",
+    "Mish",
+    "Softsign",
+    "Tanhshrink",
+    "LogSigmoid",
+    "GLU",
+    "Softplus",
+    "Softmax",
+    "LogSoftmax",
+    "PReLU",
+    "RMSNorm",
+    "RNN",
+    "LSTM",
+    "GRU",
+    "RNNCell",
+    "LSTMCell",
+    "GRUCell",
+    "ctc_greedy_decode",
+    "CTCBeamDecoder",
+    "Conv1d",
+    "Conv2d",
+    "ConvTranspose1d",
+    "ConvTranspose2d",
+    "MaxPool1d",
+    "MaxPool2d",
+    "AvgPool1d",
+    "AvgPool2d",
+    "AdaptiveAvgPool2d",
+    "AdaptiveMaxPool2d",
+    "Flatten",
+    "BatchNorm1d",
+    "BatchNorm2d",
     "load_torch_state_dict",
     "torch_state_dict_keys",
     "to_torch_state_dict",

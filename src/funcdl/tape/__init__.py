@@ -14,6 +14,8 @@ package exports exactly the declared ops, plus the engine below.
 from funcdl.ops.shapes import broadcast_shapes
 from funcdl.tape import (  # importing a family declares its ops
     activations,
+    convolution,
+    ctc,
     dropout,
     elementwise,
     forward_ad,
@@ -22,9 +24,15 @@ from funcdl.tape import (  # importing a family declares its ops
     losses,
     normalization,
     operators,
+    pooling,
+    probability_losses,
+    ranking_losses,
+    recurrence,
     reductions,
     registry,
+    regression_losses,
     shape,
+    windows,
 )
 from funcdl.tape.autograd import Tape, backward, grad, value_and_grad
 from funcdl.tape.function import Function, FunctionCtx
