@@ -208,6 +208,12 @@ class _Recurrent(nnx.Module):
         c_shape = (n, batch, self.hidden_size)
         if self.mode == "LSTM":
             h, c = (None, None) if hx is None else hx
+            ndims = [len(v.shape) for v in (h, c) if v is not None]
+            if ndims and ndims != [3 if batched else 2] * 2:
+                what = "batched 3-D" if batched else "unbatched 2-D"
+                raise RuntimeError(f"For {what} input, hx and cx should also be "
+                                   f"{3 if batched else 2}-D but got ({ndims[0]}-D, {ndims[-1]}-D)"
+                                   " tensors")
             h = _state(h, h_shape, batched, "hidden[0]")
             c = _state(c, c_shape, batched, "hidden[1]")
             return [F.getitem(h, i) for i in range(n)], [F.getitem(c, i) for i in range(n)]
