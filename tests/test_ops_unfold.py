@@ -105,3 +105,19 @@ def test_windowed_sum_and_max_differentiate_like_torch():
     ((w.sum((-2, -1)) ** 2).sum() + w.amax((-2, -1)).sum()).backward()
     ours = jax.jit(jax.grad(loss))(jnp.asarray(X))
     np.testing.assert_allclose(ours, t.grad.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_explain_conv2d_walks_the_windows_torch_sums():
+    x = (np.arange(1, 33, dtype=np.float32) / 10).reshape(1, 2, 4, 4)  # two channels
+    text = ops.explain(x, "conv2d", kernel=(2, 3), stride=(2, 1))
+    assert "windows = x.unfold(2, 2, 2).unfold(3, 3, 1): shape (1, 2, 2, 2, 2, 3)" in text
+    assert "strides (32, 16, 8, 1, 4, 1)" in text  # oh steps two rows (8), i one row (4)
+    assert "(0, 1, 0, 0, 1, 2): 0*32 + 1*16 + 0*8 + 0*1 + 1*4 + 2*1 = 22, x[22]=2.3" in text
+    assert "out[0, 0, 1, 1]: 9, 10, 11, 13, 14, 15, 25, 26, 27, 29, 30, 31" in text
+    want = torch.nn.functional.conv2d(torch.from_numpy(x), torch.ones(1, 2, 2, 3), stride=(2, 1))
+    shown = text.rsplit("result: ", 1)[1]
+    got = np.array([float(v) for v in shown.replace("[", " ").replace("]", " ")
+                    .replace(",", " ").split()]).reshape(want.shape)
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-5)
+    with pytest.raises(ValueError, match="walks an \\(N, C, H, W\\) input"):
+        ops.explain(x[0], "conv2d")
