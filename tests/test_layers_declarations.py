@@ -15,6 +15,7 @@ import pytest
 import torch
 from flax import nnx
 
+from funcdl import check
 from funcdl import layers as L
 from funcdl.layers.counterpart import Row, Transposed, declaration, torch_layer
 
@@ -159,3 +160,14 @@ def test_bad_declarations_are_named():
         L.torch_state_dict_keys(_Typo())
     with pytest.raises(TypeError, match="expected an nnx.Module, got dict"):
         L.torch_state_dict_keys({"weight": np.ones(2)})
+
+
+DECLARED_CASES = check.declared_layer_cases()
+
+
+@pytest.mark.parametrize("case", DECLARED_CASES, ids=[c.name.split()[0] for c in DECLARED_CASES])
+def test_every_declared_layer_is_differentiated_alike_by_the_tape_and_jax_grad(case):
+    """Derived from the declarations, as the ops' checks are from theirs: each declared layer's
+    example, its parameters' gradients by the tape and by jax.grad (jitted)."""
+    result = check.compare_gradients(case)
+    assert result.error is None and result.relative <= 1e-5, result

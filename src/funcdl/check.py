@@ -24,6 +24,7 @@ from flax import nnx
 
 from funcdl import layers as L
 from funcdl import tape
+from funcdl.layers.counterpart import declaration, declared_layers
 from funcdl.tape.cases import Call, Case, Const, Draw, RandomDraw
 from funcdl.tape.registry import OPS, Op
 
@@ -313,20 +314,41 @@ def torch_mismatch(case: Case, ours: tuple[list, list], theirs: tuple[list, list
 # --------------------------------------------------------------------------- the layer catalogue
 
 
-def _module_case(name: str, make: Callable, call: Callable) -> GradCase:
-    """A case over every ``nnx.Param`` of ``make(rngs)`` (eval mode: dropout off)."""
+def _module_case(name: str, build: Callable[[], tuple[nnx.Module, Callable]]) -> GradCase:
+    """A case over every ``nnx.Param`` of the module ``build()`` makes, called by the function
+    it returns with it (eval mode: dropout off, batch norm on its running statistics)."""
 
-    def build():
-        module = make(nnx.Rngs(0))
+    def make():
+        module, call = build()
         module.eval()
         graphdef, params, rest = nnx.split(module, nnx.Param, ...)
         return (lambda p: call(nnx.merge(graphdef, p, rest))), (params,)
 
-    return GradCase(name, build)
+    return GradCase(name, make)
+
+
+def declared_layer_cases() -> list[GradCase]:
+    """One case per layer declared with a torch example (``@torch_layer(example=...)``): the
+    example's funcdl module on its input. Only when torch is installed (an example builds the
+    torch twin too)."""
+    if not _has_torch():
+        return []
+
+    def build(decl: Any) -> tuple[nnx.Module, Callable]:
+        import torch
+
+        example = decl.example(torch)
+        return example.module, lambda mod: mod(example.input)
+
+    declared = [(cls, declaration(cls, inherit=False)) for cls in declared_layers()]
+    return [_module_case(f"{cls.__name__} (its declared example)",
+                         lambda decl=decl: build(decl))
+            for cls, decl in declared if decl is not None and decl.example is not None]
 
 
 def layer_cases() -> list[GradCase]:
-    """Every layer of funcdl.layers on small inputs (attention with its masks)."""
+    """Every declared layer's example, and the variants and funcdl-only modules a declaration
+    does not cover: attention with its masks, the classifier, a tied MLM head, LLaMA options."""
     rng = np.random.default_rng(1)
     x = rng.normal(size=(2, 5, 8)).astype(np.float32)
     kv = rng.normal(size=(2, 3, 8)).astype(np.float32)
@@ -334,7 +356,9 @@ def layer_cases() -> list[GradCase]:
     padding = np.array([[False] * 5, [False, False, False, True, True]])
     blocked = np.array([[False, True, True], [True, True, True]])  # row 2: every key masked
     q, k, v = (rng.normal(size=(2, 2, 4, 4)).astype(np.float32) for _ in range(3))
-    m = _module_case
+    def m(name: str, make: Callable, call: Callable) -> GradCase:
+        return _module_case(name, lambda: (make(nnx.Rngs(0)), call))
+
     return [
         GradCase("scaled_dot_product_attention (causal, padding)", lambda: (
             lambda q, k, v: L.scaled_dot_product_attention(
@@ -342,18 +366,14 @@ def layer_cases() -> list[GradCase]:
         GradCase("scaled_dot_product_attention (a fully masked row)", lambda: (
             lambda q, k, v: L.scaled_dot_product_attention(
                 q[:, :, :3], k[:, :, :3], v[:, :, :3], key_padding_mask=blocked), (q, k, v))),
-        m("Linear", lambda r: L.Linear(8, 6, rngs=r), lambda mod: mod(x)),
-        m("Embedding", lambda r: L.Embedding(10, 8, rngs=r), lambda mod: mod(ids)),
-        m("PositionalEmbedding (learned)", lambda r: L.PositionalEmbedding(6, 8, rngs=r),
-          lambda mod: mod(x)),
-        m("LayerNorm", lambda r: L.LayerNorm(8, rngs=r), lambda mod: mod(x)),
-        m("MLP (8-16-6-3, relu)", lambda r: L.MLP((8, 16, 6, 3), rngs=r), lambda mod: mod(x)),
         m("AttentionHead", lambda r: L.AttentionHead(8, 4, rngs=r), lambda mod: mod(x)),
         m("MultiHeadAttention (self, key padding)", lambda r: L.MultiHeadAttention(8, 2, rngs=r),
           lambda mod: mod(x, key_padding_mask=padding)),
         m("MultiHeadAttention (cross)", lambda r: L.MultiHeadAttention(8, 2, rngs=r),
           lambda mod: mod(x, kv)),
         m("FeedForward", lambda r: L.FeedForward(8, 16, rngs=r), lambda mod: mod(x)),
+        m("FeedForward (swiglu)", lambda r: L.FeedForward(8, 16, activation="swiglu", rngs=r),
+          lambda mod: mod(x)),
         m("TransformerEncoderLayer (pre-LN, gelu, padding)",
           lambda r: L.TransformerEncoderLayer(8, 2, 16, rngs=r),
           lambda mod: mod(x, key_padding_mask=padding)),
@@ -361,6 +381,10 @@ def layer_cases() -> list[GradCase]:
           lambda r: L.TransformerEncoderLayer(8, 2, 16, activation="relu", norm_first=False,
                                               rngs=r),
           lambda mod: mod(x, is_causal=True)),
+        m("TransformerEncoderLayer (rmsnorm, swiglu)",
+          lambda r: L.TransformerEncoderLayer(8, 2, 16, activation="swiglu", norm="rmsnorm",
+                                              rngs=r),
+          lambda mod: mod(x, key_padding_mask=padding)),
         m("TransformerEncoder (2 layers, padding)",
           lambda r: L.TransformerEncoder(2, 8, 2, 16, final_norm=True, rngs=r),
           lambda mod: mod(x, key_padding_mask=padding)),
@@ -368,7 +392,7 @@ def layer_cases() -> list[GradCase]:
           lambda r: L.TransformerClassifier(10, 3, 8, 2, 16, 1, 5, rngs=r),
           lambda mod: mod(ids, key_padding_mask=padding)),
         m("MLMHead (tied to an Embedding)", _tied_mlm, lambda mod: mod(ids)),
-    ]
+    ] + declared_layer_cases()
 
 
 def _tied_mlm(rngs: Any) -> Any:

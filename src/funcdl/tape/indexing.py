@@ -148,7 +148,7 @@ def index_add_into(g: Any, index: Any, shape: tuple[int, ...]) -> Any:
 def _gather(x: Any, index: Any, fill: bool) -> Any:
     """``x[index]``; with ``fill``, entries at out-of-range indices are NaN (integers: their
     minimum) where JAX would clamp, because no step records the check (``funcdl.ops.checks``)."""
-    return x.at[index].get(mode=FILL) if fill else x[index]
+    return jnp.asarray(x).at[index].get(mode=FILL) if fill else x[index]
 
 
 def _check_ids(ids: Any, low: int, high: int) -> bool:
