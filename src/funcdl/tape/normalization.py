@@ -104,17 +104,13 @@ def rms_norm(x: Any, normalized_shape: int | Sequence[int], weight: Any = None,
     return astype(y, dtype) if low else y
 
 
-def _batch_norm_case(training: bool) -> Case:
-    def make(d: Any) -> Any:
-        shape = d.choice([(3, 2, 4), (2, 2, 3, 3), (4, 2)], "shape")
-        x = array(d, shape) * 2 + 1
-        stats = const(array(d, (2,))), const(np.abs(array(d, (2,))) + 0.5)
-        affine = (array(d, (2,)), array(d, (2,))) if boolean(d, "affine") else (None, None)
-        return call(x, *stats, *affine, training=training,
-                    momentum=d.choice([0.1, 0.5], "momentum"), eps=1e-5)
-
-    label = "training: batch statistics, running update" if training else "eval: running stats"
-    return Case(label, make, rtol=1e-4, atol=1e-5)
+def _batch_norm_case(d: Any) -> Any:
+    shape = d.choice([(3, 2, 4), (2, 2, 3, 3), (4, 2)], "shape")
+    x = array(d, shape) * 2 + 1
+    stats = const(array(d, (2,))), const(np.abs(array(d, (2,))) + 0.5)
+    affine = (array(d, (2,)), array(d, (2,))) if boolean(d, "affine") else (None, None)
+    return call(x, *stats, *affine, training=boolean(d, "training"),
+                momentum=d.choice([0.1, 0.5], "momentum"), eps=1e-5)
 
 
 def _torch_batch_norm(input: Any, running_mean: Any, running_var: Any, weight: Any = None,
@@ -143,7 +139,8 @@ def _check_batch_norm(shape: tuple, params: dict, training: bool) -> int:
     return count
 
 
-@op(_batch_norm_case(True), _batch_norm_case(False), torch=_torch_batch_norm)
+@op(Case("training (batch statistics, running update) or eval (running statistics)",
+         _batch_norm_case, rtol=1e-4, atol=1e-5), torch=_torch_batch_norm)
 def batch_norm(input: Any, running_mean: Any, running_var: Any, weight: Any = None,
                bias: Any = None, training: bool = False, momentum: float = 0.1,
                eps: float = 1e-5) -> Any:

@@ -168,12 +168,12 @@ def _blocks(size: Sequence[int], k: tuple, d: tuple, p: tuple, s: tuple) -> tupl
 
 def _unfold_case(d: Any) -> Any:
     k = d.choice([2, (2, 3), 1], "kernel")
-    return call(array(d, (2, 2, 5, 4)), k, dilation=d.choice([1, (2, 1)], "dilation"),
+    x = array(d, d.choice([(2, 2, 5, 4), (3, 4, 4)], "batched or not"))
+    return call(x, k, dilation=d.choice([1, (2, 1)], "dilation"),
                 padding=d.choice([0, 1], "padding"), stride=d.choice([1, 2], "stride"))
 
 
-@op(Case("kernel, dilation, padding, stride", _unfold_case),
-    Case("unbatched", lambda d: call(array(d, (3, 4, 4)), 3, padding=1)),
+@op(Case("batch, kernel, dilation, padding, stride", _unfold_case),
     torch="torch.nn.functional.unfold", method=unfold_method)
 def unfold(input: Any, kernel_size: Any, dilation: Any = 1, padding: Any = 0,
            stride: Any = 1) -> Any:
