@@ -77,7 +77,8 @@ class _Slot:
     def write(self, into: np.ndarray, a: np.ndarray) -> None:
         """Write torch's array ``a`` into ``into`` (a copy of the whole Variable's value)."""
         view = into if self.index is None else into[self.index]
-        view[..., slice(*self.cols) if self.cols is not None else slice(None)] = (
+        # `...` alone also indexes a 0-d Variable (BatchNorm's num_batches_tracked)
+        view[(..., slice(*self.cols)) if self.cols is not None else ...] = (
             a.T if self.transpose else a)
 
 
