@@ -6,8 +6,8 @@ on both sides (so both compute the same function); --quick: 2 layers, hidden 128
 Rows: the forward pass (eval, no gradients; transformers with its default SDPA attention) and a
 training step (cross-entropy, backward, AdamW lr 1e-4): funcdl jitted with ``jax.grad`` and with
 ``funcdl.tape``, transformers eager with ``torch.optim.AdamW``, torch on every core
-(``torch.set_num_threads(cpu_count)``). The implementations take turns in each round; each figure
-is the best of the rounds' medians.
+(``torch.set_num_threads(cpu_count)``) and, as a contention check, on one. The implementations
+take turns in each round; each figure is the best of the rounds' medians.
 """
 
 from __future__ import annotations
@@ -105,10 +105,19 @@ def run(quick: bool = False) -> list[Row]:
     _, step_tape = _funcdl(hf, ids, mask, labels, F.value_and_grad)
     fwd_torch, step_torch = _torch(hf, ids, mask, labels)
 
+    def one_thread(fn):
+        def run():
+            torch.set_num_threads(1)
+            try:
+                return fn()
+            finally:
+                torch.set_num_threads(os.cpu_count() or 1)
+        return run
+
     repeat, rounds = (3, 2) if quick else (5, 3)
     best = timed({"forward funcdl": fwd_jax, "forward torch": fwd_torch,
-                  "step funcdl": step_jax, "step tape": step_tape, "step torch": step_torch},
-                 repeat=repeat, rounds=rounds)
+                  "step funcdl": step_jax, "step tape": step_tape, "step torch": step_torch,
+                  "step torch 1": one_thread(step_torch)}, repeat=repeat, rounds=rounds)
     case = (f"BertForSequenceClassification {n_layers} layers, hidden {d}, B={b} T={t} "
             f"(half padded), best of {rounds} rounds")
     threads = f"{torch.get_num_threads()} threads"
@@ -123,4 +132,7 @@ def run(quick: bool = False) -> list[Row]:
             best["step tape"], b / best["step tape"], "samples/s"),
         Row(f"{BENCH}.train_step", case, "transformers (eager, torch.optim.AdamW)",
             best["step torch"], b / best["step torch"], "samples/s", note=threads),
+        # on a shared, oversubscribed machine torch's thread pool can lose more than XLA's
+        Row(f"{BENCH}.train_step", case, "transformers, 1 thread (contention check)",
+            best["step torch 1"], b / best["step torch 1"], "samples/s"),
     ]
