@@ -2,9 +2,9 @@
 
 A tensor is a flat storage plus a layout (shape, strides, offset). This walks the slides' 3x3
 ``sum`` over dim 0 and dim 1 and their 2x2x3x2 ``sum`` over dim 2 with ``funcdl.ops.explain``,
-then shows that transpose, select, slice and expand only change the layout: the storage is the
-very same array, never copied. Every reduction is checked against numpy. The walk is printed
-and written to ``walk.txt`` under ``--out``.
+then shows that transpose, select, slice, expand and unfold (a convolution's overlapping windows)
+only change the layout: the storage is the very same array, never copied. Every reduction is
+checked against numpy. The walk is printed and written to ``walk.txt`` under ``--out``.
 
     python examples/strides_walkthrough.py
 """
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def walk_through() -> None:
-    """Print the three sections: the 3x3 sums, the 2x2x3x2 sum, the views."""
+    """Print the four sections: the 3x3 sums, the 2x2x3x2 sum, the views, the windows."""
     print("== 1. The slides' 3x3: x[i, j] lives at offset i*3 + j*1")
     x = slides_3x3()
     print(layout("x", x))
@@ -108,6 +108,17 @@ def walk_through() -> None:
     print("  stride 0 reads the same element four times: a broadcast with no copy")
     print(np.asarray(ops.to_array(wide)))
     check(wide, 1, np.broadcast_to(np.asarray(ops.to_array(col)), (3, 4)))
+
+    print("\n== 4. unfold: a convolution's windows overlap in storage, still without a copy")
+    image = ops.from_array(np.arange(1, 17, dtype=np.float32).reshape(1, 1, 4, 4) / 10)
+    windows = ops.unfold(ops.unfold(image, 2, 2, 1), 3, 2, 1)
+    print(layout("x.unfold(2, 2, 1).unfold(3, 2, 1)", windows))
+    print(f"  same storage array as x: {windows.storage is image.storage}; the window dims "
+          "reuse the row and column strides, so neighbouring windows share elements")
+    print(ops.explain(image, "conv2d", kernel=(2, 2)))
+    reference = np.lib.stride_tricks.sliding_window_view(np.asarray(ops.to_array(image)), (2, 2),
+                                                         axis=(2, 3))
+    check(windows, (-2, -1), reference)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""examples/cnn_digits.py runs (--smoke) and trains its CNN by both engines (the rest of the
-examples: tests/test_examples.py)."""
+"""examples/cnn_digits.py runs (--smoke) and trains its CNN by both engines, and
+strides_walkthrough.py's unfold section (the rest of the examples: tests/test_examples.py)."""
 
 from __future__ import annotations
 
@@ -24,3 +24,16 @@ def test_cnn_digits_trains_by_jax_grad_and_by_the_tape(monkeypatch, capsys, tmp_
     assert jax_acc > 0.95 and tape_acc > 0.95, out
     assert (tmp_path / "jax" / "history.json").exists()
     assert (tmp_path / "tape" / "history.png").exists()
+
+
+def test_strides_walkthrough_shows_a_convolutions_windows(monkeypatch, capsys, tmp_path):
+    monkeypatch.syspath_prepend(str(ROOT / "examples"))
+    module = importlib.import_module("strides_walkthrough")
+    assert module.main(["--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    section = out[out.index("== 4. unfold"):]
+    assert "shape (1, 1, 3, 3, 2, 2), strides (16, 16, 4, 1, 4, 1)" in section
+    assert "same storage array as x: True" in section
+    assert "out[0, 0, 1, 1]: 5, 6, 9, 10" in section  # the window at row 1, column 1
+    # the 2x2 window sums of 0.1 .. 1.6, as torch.nn.functional.conv2d with a kernel of ones
+    assert "sum(dim=(-2, -1)) = [[[[1.4, 1.8, 2.2], [3.0, 3.4, 3.8], [4.6, 5.0, 5.4]]]]" in section
