@@ -121,3 +121,14 @@ def test_explain_conv2d_walks_the_windows_torch_sums():
     np.testing.assert_allclose(got, want.numpy(), rtol=1e-5)
     with pytest.raises(ValueError, match="walks an \\(N, C, H, W\\) input"):
         ops.explain(x[0], "conv2d")
+
+
+def test_funcdl_explain_conv2d_command(capsys):
+    from funcdl import cli
+
+    assert cli.main(["explain", "conv2d", "--shape", "1,1,4,4", "--kernel", "2,2"]) == 0
+    out = capsys.readouterr().out
+    assert "out[0, 0, 2, 2]: 10, 11, 14, 15" not in out  # past the walk's limit of 8
+    assert "out[0, 0, 2, 1]: 9, 10, 13, 14" in out and "1 more output elements not shown" in out
+    assert cli.main(["explain", "conv2d", "--kernel", "5,5"]) == 2  # a usage error, no traceback
+    assert "maximum size for tensor at dimension 2 is 4 but size is 5" in capsys.readouterr().err

@@ -155,15 +155,19 @@ def _explain(args: argparse.Namespace) -> int:
 
     from funcdl import ops
 
-    size = int(np.prod(args.shape))
+    conv = args.op == "conv2d"
+    shape = args.shape or ((1, 1, 4, 4) if conv else (3, 3))
+    size = int(np.prod(shape))
     # the slides' values: 0.1, 0.2, ... in row-major order (their 3x3 holds 0.1 .. 0.9)
-    x = ops.from_array((np.arange(1, size + 1, dtype=np.float32) / 10).reshape(args.shape))
+    x = ops.from_array((np.arange(1, size + 1, dtype=np.float32) / 10).reshape(shape))
     if args.transpose:
         x = ops.transpose(x, 0, -1)
     try:
-        print(ops.explain(x, args.op, args.dim))
+        print(ops.explain(x, "conv2d", kernel=args.kernel) if conv
+              else ops.explain(x, args.op, args.dim))
     except (IndexError, ValueError) as err:  # a dim out of range: PyTorch's words, no traceback
-        return _usage_error("explain", f"argument --dim: {err}")
+        return _usage_error("explain", f"argument {'--shape/--kernel' if conv else '--dim'}: "
+                                       f"{err}")
     return 0
 
 
@@ -258,8 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
 
     explain = add("explain", _explain, "walk a reduction offset by offset, as the slides do")
-    explain.add_argument("op", choices=["sum", "mean", "prod", "amax", "amin"], help="reduction")
-    explain.add_argument("--shape", type=_shape, default=(3, 3), help="e.g. 3,3 or 2,2,3,2")
+    explain.add_argument("op", choices=["sum", "mean", "prod", "amax", "amin", "conv2d"],
+                         help="a reduction, or conv2d (the windows it reads, as a view)")
+    explain.add_argument("--shape", type=_shape, default=None,
+                         help="e.g. 3,3 or 2,2,3,2 (default 3,3; conv2d: N,C,H,W, default 1,1,4,4)")
+    explain.add_argument("--kernel", type=_shape, default=(2, 2),
+                         help="conv2d's kernel height,width (default: 2,2)")
     explain.add_argument("--dim", type=int, default=0, help="dimension to reduce (default: 0)")
     explain.add_argument("--transpose", action="store_true",
                          help="walk the transposed view (first and last dims swapped, no copy)")

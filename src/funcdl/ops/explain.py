@@ -107,6 +107,9 @@ def _explain_conv2d(s: StridedArray, kernel: tuple[int, int], stride: Any, limit
     if s.ndim != 4:
         raise ValueError(f"explain(op='conv2d') walks an (N, C, H, W) input, got shape {s.shape}")
     sh, sw = (stride, stride) if isinstance(stride, int) else tuple(stride)
+    kernel = kernel * 2 if len(kernel) == 1 else kernel
+    if len(kernel) != 2:
+        raise ValueError(f"a conv2d kernel is (height, width), got {kernel}")
     kh, kw = kernel
     windows = unfold(unfold(s, 2, kh, sh), 3, kw, sw)  # (N, C, OH, OW, kh, kw): still a view
     n, c, oh, ow = windows.shape[:4]
