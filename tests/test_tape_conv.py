@@ -88,6 +88,7 @@ def test_bad_input_raises_torchs_error(name, args, kwargs):
         assert str(ours.value) == str(theirs.value)
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")  # torch's copy note
 def test_even_kernels_pad_same_as_torch_and_batch_1():
     x = RNG.standard_normal((1, 2, 6, 5)).astype(np.float32)
     for kernel, dilation in (((2, 4), 1), ((4, 2), (2, 1)), ((3, 2), 2)):
