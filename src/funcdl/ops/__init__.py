@@ -2,8 +2,10 @@
 
 A :class:`StridedArray` is how PyTorch keeps a tensor in memory: a flat storage and a layout.
 Views (``transpose``, ``select``, ``slice``, ``expand``, ``view``...) only change the layout.
-Reductions take a StridedArray or a plain array, are jittable, vmappable and differentiable, and
-lower a view to XLA slices (or a gather when the view is no box of its storage).
+``unfold`` gives overlapping windows (a convolution's) the same way. Reductions take a
+StridedArray or a plain array, are jittable, vmappable and differentiable, and lower a view to XLA
+slices (or a gather when the view is no box of its storage); over overlapping windows, to one
+``lax.reduce_window`` (``funcdl.ops.windows``).
 """
 
 from funcdl.ops.explain import explain
