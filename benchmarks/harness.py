@@ -62,6 +62,34 @@ def time_fn(fn: Callable[[], Any], *, warmup: int = 2, repeat: int = 7,
     return statistics.median(samples)
 
 
+def interleaved(fns: dict[str, Callable[[], Any]], rounds: int, **timing: Any) -> dict[str, float]:
+    """Each fn's best median (``time_fn(fn, **timing)``) over ``rounds`` rounds in which the fns
+    take turns, the order alternating: a burst of load on a shared machine then lands on every
+    side of a comparison, not on one."""
+    best = {name: float("inf") for name in fns}
+    items = list(fns.items())
+    for r in range(rounds):
+        for name, fn in items if r % 2 == 0 else items[::-1]:
+            best[name] = min(best[name], time_fn(fn, **timing))
+    return best
+
+
+def torch_one_thread(fn: Callable[[], Any]) -> Callable[[], Any]:
+    """``fn`` run with torch on one thread: on a shared, oversubscribed machine torch's OpenMP
+    pool can lose far more than XLA's, and a row timed this way shows how much is contention."""
+    def run() -> Any:
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return fn()
+        finally:
+            torch.set_num_threads(threads)
+
+    return run
+
+
 def add_ratios(rows: list[Row]) -> list[Row]:
     """Set each row's ratio against the funcdl row of the same (bench, case)."""
     ours = {(r.bench, r.case): r.seconds for r in rows if r.impl.startswith("funcdl")}
