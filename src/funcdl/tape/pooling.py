@@ -28,18 +28,15 @@ from funcdl.tape.reductions import sum
 from funcdl.tape.registry import op
 from funcdl.tape.shape import broadcast_to, permute, reshape, squeeze, unsqueeze
 from funcdl.tape.tensor import apply, constant, shape_of, unwrap
-from funcdl.tape.windows import constant_pad, fold_dim, tuple_arg, unfold_dim
+from funcdl.tape.windows import constant_pad, fold_dim, tuple_arg, unfold_dim, window_view
 
 
 def _window_view(x: Any, kernel: tuple, stride: tuple, dilation: tuple) -> ops.StridedArray:
     """The zero-copy windows of the last ``len(kernel)`` dims: ``(..., *out, *kernel)``."""
-    nd = len(kernel)
     v = ops.from_array(x)
-    lead = v.ndim - nd
+    lead = v.ndim - len(kernel)
     for i, (k, s, d) in enumerate(zip(kernel, stride, dilation)):
-        v = ops.unfold(v, lead + i, (k - 1) * d + 1, s)
-        if d > 1:
-            v = ops.slice(v, -1, None, None, d)
+        v = window_view(v, lead + i, k, s, d)
     return v
 
 

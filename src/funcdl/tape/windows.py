@@ -45,11 +45,16 @@ def tuple_arg(v: Any, n: int, name: str, fn: str = "") -> tuple[int, ...]:
 # --------------------------------------------------------------------------- the window pair
 
 
+def window_view(view: ops.StridedArray, d: int, size: int, step: int,
+                dilation: int = 1) -> ops.StridedArray:
+    """``view.unfold(d, ...)`` of windows of ``size`` elements ``dilation`` apart: still a view
+    (every ``dilation``-th element of a wider window)."""
+    view = ops.unfold(view, d, (size - 1) * dilation + 1, step)
+    return ops.slice(view, -1, None, None, dilation) if dilation > 1 else view
+
+
 def _unfold_forward(x: Any, d: int, size: int, step: int, dilation: int) -> Any:
-    view = ops.unfold(ops.from_array(x), d, (size - 1) * dilation + 1, step)
-    if dilation > 1:
-        view = ops.slice(view, -1, None, None, dilation)
-    return ops.to_array(view)
+    return ops.to_array(window_view(ops.from_array(x), d, size, step, dilation))
 
 
 def unfold_dim(x: Any, dim: int, size: int, step: int, dilation: int = 1) -> Any:
