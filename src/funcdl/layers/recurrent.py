@@ -67,25 +67,32 @@ class _Weights(nnx.Module):
             g = F.add(g, bias if mode == "GRU" else F.add(bias, value(self.b_hh)))
         return F.reshape(g, lead + (g.shape[-1],)) if len(lead) > 1 else g
 
-    def step(self, mode: str, gx: Any, h: Any, c: Any = None) -> tuple[Any, Any]:
-        """One time step from the input gates ``gx``: the new (h, c) (c None but for LSTM)."""
-        gh = F.matmul(h, value(self.w_hh))
-        if mode == "GRU":
-            if self.b_hh is not None:
-                gh = F.add(gh, value(self.b_hh))
-            n_hidden = gh.shape[-1] // 3
-            rx, zx, nx = F.split(gx, n_hidden, -1)
-            rh, zh, nh = F.split(gh, n_hidden, -1)
-            r, z = F.sigmoid(F.add(rx, rh)), F.sigmoid(F.add(zx, zh))
-            n = F.tanh(F.add(nx, F.mul(r, nh)))
-            return F.add(F.mul(F.sub(1.0, z), n), F.mul(z, h)), None
-        pre = F.add(gx, gh)
-        if mode != "LSTM":
-            return (F.tanh(pre) if mode == "RNN_TANH" else F.relu(pre)), None
-        i, f, g, o = F.split(pre, pre.shape[-1] // 4, -1)
-        c = F.add(F.mul(F.sigmoid(f), c), F.mul(F.sigmoid(i), F.tanh(g)))
-        h = F.mul(F.sigmoid(o), F.tanh(c))
-        return (h if self.w_hr is None else F.matmul(h, value(self.w_hr))), c
+    def recurrent(self) -> tuple[Any, Any, Any]:
+        """(w_hh, b_hh, w_hr) values (None where absent)."""
+        return tuple(None if v is None else value(v) for v in (self.w_hh, self.b_hh, self.w_hr))
+
+
+def _step(mode: str, gx: Any, h: Any, c: Any, w_hh: Any, b_hh: Any, w_hr: Any
+          ) -> tuple[Any, Any]:
+    """One time step from the input gates ``gx``: the new (h, c) (c None but for LSTM). With a
+    leading direction axis on everything, both directions of a layer step at once."""
+    gh = F.matmul(h, w_hh)
+    if mode == "GRU":
+        if b_hh is not None:
+            gh = F.add(gh, b_hh)
+        n_hidden = gh.shape[-1] // 3
+        rx, zx, nx = F.split(gx, n_hidden, -1)
+        rh, zh, nh = F.split(gh, n_hidden, -1)
+        r, z = F.sigmoid(F.add(rx, rh)), F.sigmoid(F.add(zx, zh))
+        n = F.tanh(F.add(nx, F.mul(r, nh)))
+        return F.add(F.mul(F.sub(1.0, z), n), F.mul(z, h)), None
+    pre = F.add(gx, gh)
+    if mode != "LSTM":
+        return (F.tanh(pre) if mode == "RNN_TANH" else F.relu(pre)), None
+    i, f, g, o = F.split(pre, pre.shape[-1] // 4, -1)
+    c = F.add(F.mul(F.sigmoid(f), c), F.mul(F.sigmoid(i), F.tanh(g)))
+    h = F.mul(F.sigmoid(o), F.tanh(c))
+    return (h if w_hr is None else F.matmul(h, w_hr)), c
 
 
 # --------------------------------------------------------------------------- RNN, LSTM, GRU
@@ -164,14 +171,11 @@ class _Recurrent(nnx.Module):
         mask = None if lengths is None else _mask(lengths, frames, batch)
         h_n, c_n = [], []
         for k in range(self.num_layers):
-            outs = []
-            for d in range(self.directions):
-                i = k * self.directions + d
-                ys, h, c = self._direction(self.cells[i], seq, h0[i], c0[i], mask, bool(d))
-                outs.append(ys)
-                h_n.append(h)
-                c_n.append(c)
-            seq = outs[0] if len(outs) == 1 else F.concatenate(outs, -1)
+            ds = range(k * self.directions, (k + 1) * self.directions)
+            seq, h, c = self._layer([self.cells[i] for i in ds], seq, [h0[i] for i in ds],
+                                    [c0[i] for i in ds], mask)
+            h_n += h
+            c_n += c
             if k < self.num_layers - 1:
                 seq = self.dropout(seq)
         out = (F.transpose(seq, 0, 1) if self.batch_first else seq) if batched \
@@ -182,24 +186,38 @@ class _Recurrent(nnx.Module):
         c_n = F.stack(c_n, 0) if batched else F.squeeze(F.stack(c_n, 0), 1)
         return out, (h_n, c_n)
 
-    def _direction(self, cell: _Weights, seq: Any, h0: Any, c0: Any, mask: Any,
-                   reverse: bool) -> tuple[Any, Any, Any]:
-        """One layer in one direction: (outputs (T, B, H), h at its end, c at its end)."""
-        mode = self.mode
-        gx = cell.input_gates(seq, mode)
+    def _layer(self, cells: list, seq: Any, h0: list, c0: list, mask: Any
+               ) -> tuple[Any, list, list]:
+        """One layer: (outputs (T, B, D*H), h and c at each direction's end). Both directions
+        run in one scan (half the sequential steps): the backward one reads time reversed, and
+        the directions' weights and states are stacked on a leading axis."""
+        mode, d = self.mode, len(cells)
+        gx = [cell.input_gates(seq, mode) for cell in cells]
+        flip = (slice(None, None, -1),)
+        gx = F.stack([gx[0]] + [F.getitem(g, flip) for g in gx[1:]], 1)  # (T, D, B, G)
+        if mask is not None:
+            mask = jnp.stack([mask, mask[::-1]][:d], 1)[..., None]  # (T, D, B, 1)
+        w_hh, b_hh, w_hr = (None if v[0] is None else F.stack(v, 0)
+                            for v in zip(*(cell.recurrent() for cell in cells)))
+        b_hh = None if b_hh is None else F.unsqueeze(b_hh, 1)  # (D, 1, G)
 
         def step(carry: tuple, x: tuple) -> tuple:
             (h, c), (g, m) = carry, x
-            h_new, c_new = cell.step(mode, g, h, c)
+            h_new, c_new = _step(mode, g, h, c, w_hh, b_hh, w_hr)
             if m is None:
                 return (h_new, c_new), h_new
-            m = m[:, None]  # frames past a sequence's length keep its state and output zero
+            # frames past a sequence's length keep its state and output zero
             h_new = F.where(m, h_new, h)
             c_new = None if c is None else F.where(m, c_new, c)
             return (h_new, c_new), F.where(m, h_new, 0.0)
 
-        (h, c), ys = F.scan(step, (h0, c0), (gx, mask), reverse=reverse)
-        return ys, h, c
+        start = (F.stack(h0, 0), None if c0[0] is None else F.stack(c0, 0))
+        (h, c), ys = F.scan(step, start, (gx, mask))  # ys (T, D, B, H)
+        outs = [F.getitem(ys, (slice(None), 0))]
+        outs += [F.getitem(ys, (slice(None, None, -1), 1))] if d == 2 else []
+        hs = [F.getitem(h, i) for i in range(d)]
+        cs = [None] * d if c is None else [F.getitem(c, i) for i in range(d)]
+        return (outs[0] if d == 1 else F.concatenate(outs, -1)), hs, cs
 
     def _initial(self, hx: Any, batch: int, batched: bool) -> tuple[list, list]:
         """Per layer and direction: h0 (and c0), from ``hx`` or zeros; torch's shape errors."""
@@ -376,7 +394,7 @@ class _Cell(_Weights):
 
     def __call__(self, x: Any, hx: Any = None) -> Any:
         x, (h,), batched = self._checked(x, hx)
-        h, _ = self.step(self.mode, self.input_gates(x, self.mode), h)
+        h, _ = _step(self.mode, self.input_gates(x, self.mode), h, None, *self.recurrent())
         return h if batched else F.squeeze(h, 0)
 
 
@@ -420,7 +438,7 @@ class LSTMCell(_Cell):
 
     def __call__(self, x: Any, hx: Any = None) -> tuple[Any, Any]:
         x, (h, c), batched = self._checked(x, (None, None) if hx is None else hx)
-        h, c = self.step(self.mode, self.input_gates(x, self.mode), h, c)
+        h, c = _step(self.mode, self.input_gates(x, self.mode), h, c, *self.recurrent())
         return (h, c) if batched else (F.squeeze(h, 0), F.squeeze(c, 0))
 
 
