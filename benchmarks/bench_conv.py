@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from jax import lax
 
-from benchmarks.harness import Row, time_fn
+from benchmarks.harness import Row, interleaved, torch_one_thread
 from funcdl import layers as L
 from funcdl import ops, optim
 from funcdl import tape as T
@@ -37,32 +37,14 @@ from funcdl.train.steps import init_state, make_train_step
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 
 
-def _best(fns: dict, rounds: int, repeat: int = 3) -> dict[str, float]:
-    """Each fn's best median over ``rounds`` interleaved rounds (order alternating). A torch fn
-    runs a second time on one thread: on a shared, oversubscribed machine torch's OpenMP pool
-    can lose far more than XLA's, and that row shows how much of a gap is contention."""
+def _best(fns: dict, rounds: int) -> dict[str, float]:
+    """``harness.interleaved`` over ``fns``, each torch fn also on one thread (a contention
+    check: on a shared, oversubscribed machine torch's OpenMP pool loses far more than XLA's)."""
     fns = dict(fns)
     for name, fn in list(fns.items()):
         if name.startswith("torch"):
-            fns[name.split(" (")[0] + ", 1 thread (contention check)"] = _one_thread(fn)
-    best = {name: float("inf") for name in fns}
-    items = list(fns.items())
-    for r in range(rounds):
-        for name, fn in items if r % 2 == 0 else items[::-1]:
-            best[name] = min(best[name], time_fn(fn, repeat=repeat))
-    return best
-
-
-def _one_thread(fn):
-    def run():
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return fn()
-        finally:
-            torch.set_num_threads(threads)
-
-    return run
+            fns[name.split(" (")[0] + ", 1 thread (contention check)"] = torch_one_thread(fn)
+    return interleaved(fns, rounds, repeat=3)
 
 
 def _conv2d(quick: bool, rounds: int) -> list[Row]:
