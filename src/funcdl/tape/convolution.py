@@ -9,8 +9,9 @@ the input with the output gradient. These are the rules ``jax.grad`` applies
 (``jax._src.lax.convolution``), so both engines compile the same program. A transposed convolution
 is that input gradient, run forward.
 
-XLA:CPU convolves channels-last arrays about 1.5x faster than NCHW ones, so the NC(H)W functions
-transpose their operands to channels-last around the primitive (see ``CHANNELS_LAST``).
+XLA:CPU convolves channels-last arrays faster than NCHW ones (1.05x to 1.5x in this machine's
+runs of benchmarks/bench_conv.py and a direct comparison), so the NC(H)W functions transpose their
+operands to channels-last around the primitive (see ``CHANNELS_LAST``).
 """
 
 from __future__ import annotations
