@@ -138,3 +138,23 @@ def test_backward_hook_replaces_grad_input_in_both_engines():
     np.testing.assert_allclose(np.asarray(x.grad), 2 * np.ones((5, 4)) @ W1, rtol=1e-5)
     g = jax.grad(lambda x: jnp.sum(layer(x)))(jnp.asarray(X))
     np.testing.assert_allclose(np.asarray(g), 2 * np.ones((5, 4)) @ W1, rtol=1e-5)
+
+
+def test_every_public_layer_has_torchs_module_hooks():
+    from funcdl import layers
+
+    classes = [getattr(layers, n) for n in layers.__all__]
+    modules = [c for c in classes if isinstance(c, type) and issubclass(c, nnx.Module)]
+    assert len(modules) > 40 and all(issubclass(c, Module) for c in modules), \
+        [c.__name__ for c in modules if not issubclass(c, Module)]
+
+
+def test_a_subclass_calling_super_fires_its_hooks_once():
+    class Scaled(Dense):
+        def __call__(self, x):
+            return super().__call__(x) * 2
+
+    layer, calls = Scaled(W1, B1), []
+    layer.register_forward_hook(lambda m, args, out: calls.append(1))
+    np.testing.assert_allclose(np.asarray(layer(X)), 2 * (X @ W1.T + B1), rtol=1e-5)
+    assert calls == [1]

@@ -16,6 +16,7 @@ from flax import nnx
 from funcdl import tape as F
 from funcdl.layers.basic import value
 from funcdl.layers.counterpart import Example, sample, torch_layer
+from funcdl.layers.module import Module
 from funcdl.tape.tensor import shape_of
 
 __all__ = ["ELU", "SELU", "CELU", "ReLU6", "Hardtanh", "Hardsigmoid", "Hardswish", "Mish",
@@ -23,7 +24,7 @@ __all__ = ["ELU", "SELU", "CELU", "ReLU6", "Hardtanh", "Hardsigmoid", "Hardswish
            "PReLU"]
 
 
-class _Functional(nnx.Module):
+class _Functional(Module):
     """``funcdl.tape.<fn>(x, **arguments)``: the module's constructor arguments (static)."""
 
     fn = ""
@@ -212,7 +213,7 @@ class LogSoftmax(_AlongDim):
     from_torch=lambda t, b: PReLU(t.num_parameters),
     to_torch=lambda m, b: b.torch.nn.PReLU(m.num_parameters),
 )
-class PReLU(nnx.Module):
+class PReLU(Module):
     """``nn.PReLU(num_parameters, init)``: x where x > 0, else weight * x, with a learned slope
     (one, or one per channel: dim 1 of the input), initialised to ``init``."""
 

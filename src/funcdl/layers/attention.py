@@ -18,6 +18,7 @@ from flax import nnx
 from funcdl import tape as F
 from funcdl.layers.basic import Dropout, Linear, check_positive, unsupported, value
 from funcdl.layers.counterpart import Example, Transposed, sample, torch_layer
+from funcdl.layers.module import Module
 from funcdl.layers.sequential import SequenceFirst
 
 __all__ = ["scaled_dot_product_attention", "AttentionHead", "MultiHeadAttention", "causal_mask"]
@@ -155,7 +156,7 @@ def scaled_dot_product_attention(q, k, v, *, attn_mask=None, key_padding_mask=No
 
 
 @torch_layer(None)
-class AttentionHead(nnx.Module):
+class AttentionHead(Module):
     """The slides' single head: ``q``, ``k``, ``v`` projections ``embed_dim -> head_dim``, then
     scaled dot-product attention. ``head(x)`` is self-attention, ``head(x, kv)`` cross-attention."""
 
@@ -203,7 +204,7 @@ def _mha_from_torch(t, b):
         m.embed_dim, m.num_heads, dropout=m.attn_dropout.rate, bias=m.in_proj.b is not None,
         batch_first=True),
 )
-class MultiHeadAttention(nnx.Module):
+class MultiHeadAttention(Module):
     """Multi-head attention with one fused projection for q, k and v.
 
     ``in_proj.w`` is ``[embed_dim, 3 * embed_dim]``: columns ``[q | k | v]``, each split into

@@ -25,6 +25,7 @@ from funcdl.layers.counterpart import (
     sample,
     torch_layer,
 )
+from funcdl.layers.module import Module
 from funcdl.tape.tensor import constant
 
 __all__ = [
@@ -109,7 +110,7 @@ def unsupported(t, what: str) -> UnsupportedModuleError:
                                    rngs=b.rngs),
     to_torch=lambda m, b: b.torch.nn.Linear(m.in_features, m.out_features, bias=m.b is not None),
 )
-class Linear(nnx.Module):
+class Linear(Module):
     """The slides' ``LinearLayer``: ``y = x @ w + b``, ``w`` stored ``[in_features, out_features]``.
 
     PyTorch's ``nn.Linear`` stores the transpose (``[out, in]``, ``y = x A^T + b``);
@@ -160,7 +161,7 @@ def _embedding_from_torch(t, b) -> Embedding:
     to_torch=lambda m, b: b.torch.nn.Embedding(m.num_embeddings, m.embedding_dim,
                                                padding_idx=m.padding_idx),
 )
-class Embedding(nnx.Module):
+class Embedding(Module):
     """A trainable lookup table, ``weight[num_embeddings, embedding_dim]``, initialised N(0, 1)
     like ``nn.Embedding``; ``emb(ids)`` returns ``weight[ids]``.
 
@@ -233,7 +234,7 @@ def _learned_only(m: PositionalEmbedding, embedding: type):
         call=lambda t, x: x + t(torch.arange(x.shape[-2]))),
     to_torch=lambda m, b: _learned_only(m, b.torch.nn.Embedding),
 )
-class PositionalEmbedding(nnx.Module):
+class PositionalEmbedding(Module):
     """Adds a position code to ``x`` of shape ``(B, T, D)``: ``x + P[arange(T)]``.
 
     ``kind="learned"``: ``P`` is a trainable ``weight[max_len, D]`` (the GPT-style absolute
@@ -287,7 +288,7 @@ def _layer_norm_from_torch(t, b) -> LayerNorm:
     from_torch=_layer_norm_from_torch,
     to_torch=lambda m, b: b.torch.nn.LayerNorm(m.normalized_shape, eps=m.eps),
 )
-class LayerNorm(nnx.Module):
+class LayerNorm(Module):
     """``nn.LayerNorm(normalized_shape)`` over the last dimension: ``weight`` ones, ``bias`` zeros,
     biased variance, ``eps`` inside the square root."""
 
@@ -311,7 +312,7 @@ class LayerNorm(nnx.Module):
     from_torch=lambda t, b: Dropout(t.p, rngs=b.rngs),
     to_torch=lambda m, b: b.torch.nn.Dropout(m.rate),
 )
-class Dropout(nnx.Module):
+class Dropout(Module):
     """Inverted dropout with its own key stream (forked from ``rngs['dropout']``, which falls back
     to ``rngs``' default stream).
 
@@ -350,7 +351,7 @@ class Dropout(nnx.Module):
         sample(5, 4)),
     to_torch=lambda m, b: _mlp_to_torch(m, b),
 )
-class MLP(nnx.Module):
+class MLP(Module):
     """The slides' fully connected network (default 784-100-50-20-1): ``Linear`` layers with
     ``activation`` between them and none after the last (it returns logits)."""
 

@@ -18,6 +18,7 @@ from flax import nnx
 from funcdl import tape as F
 from funcdl.layers.basic import check_positive, value
 from funcdl.layers.counterpart import Build, Example, sample, torch_layer
+from funcdl.layers.module import Module
 from funcdl.tape.tensor import constant
 
 __all__ = ["BatchNorm1d", "BatchNorm2d"]
@@ -46,7 +47,7 @@ def _declare(name: str, shape: tuple):
     return declare
 
 
-class _BatchNorm(nnx.Module):
+class _BatchNorm(Module):
     dims: tuple[int, ...] = ()  # the input ranks accepted
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,

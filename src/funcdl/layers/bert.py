@@ -30,6 +30,7 @@ from funcdl.layers.basic import (
     value,
 )
 from funcdl.layers.counterpart import Part, Row, Tied, Transposed, torch_layer
+from funcdl.layers.module import Module
 from funcdl.layers.transformer import MLMHead, TransformerEncoder
 
 __all__ = ["ARCHITECTURES", "BertConfig", "BertOutput", "TextEmbeddings", "Bert"]
@@ -112,7 +113,7 @@ class BertOutput(NamedTuple):
 @torch_layer(None, keys=lambda m: {"word_embeddings": m.word,
                                    "position_embeddings": m.position,
                                    "token_type_embeddings": m.token_type, "LayerNorm": m.norm})
-class TextEmbeddings(nnx.Module):
+class TextEmbeddings(Module):
     """BERT's input block: ``dropout(norm(word[ids] + token_type[types] + position[pos]))``.
 
     ``positions="absolute"``: position ``t`` is ``t`` (BERT, DistilBERT). ``"roberta"``: tokens
@@ -237,7 +238,7 @@ def _to_transformers(m: Bert, b) -> Any:
 
 
 @torch_layer(None, keys=transformers_keys, to_torch=_to_transformers)
-class Bert(nnx.Module):
+class Bert(Module):
     """A BERT-family encoder (see the module docstring); ``config.architecture`` names the
     transformers class it equals.
 

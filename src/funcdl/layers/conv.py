@@ -17,6 +17,7 @@ from flax import nnx
 from funcdl import tape as F
 from funcdl.layers.basic import _uniform, check_positive, unsupported, value
 from funcdl.layers.counterpart import Build, Example, sample, torch_layer
+from funcdl.layers.module import Module
 
 __all__ = ["Conv1d", "Conv2d", "ConvTranspose1d", "ConvTranspose2d"]
 
@@ -27,7 +28,7 @@ def _tuple(v: Any, nd: int) -> tuple[int, ...]:
     return (int(v),) * nd if isinstance(v, int) else tuple(int(x) for x in v)
 
 
-class _ConvNd(nnx.Module):
+class _ConvNd(Module):
     """What the four layers share: arguments, checks, parameters, torch conversion."""
 
     nd = 2

@@ -16,6 +16,7 @@ arrays only: a restored run has the hooks of the module it was restored into.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -71,22 +72,38 @@ class Module(nnx.Module):
         return handle
 
 
+# modules whose hooks are running now: a subclass's __call__ that calls super().__call__ runs
+# through two wrappers, and the hooks must fire once
+_RUNNING: contextvars.ContextVar[frozenset] = contextvars.ContextVar("funcdl_hooked",
+                                                                     default=frozenset())
+
+
 def _with_hooks(call: Callable) -> Callable:
     @functools.wraps(call)
     def run(self: Module, *args: Any, **kwargs: Any) -> Any:
-        if not (self._forward_pre_hooks or self._forward_hooks or self._backward_hooks):
+        if not (self._forward_pre_hooks or self._forward_hooks or self._backward_hooks) \
+                or id(self) in _RUNNING.get():
             return call(self, *args, **kwargs)
-        args, kwargs = _pre_hooks(self, args, kwargs)
-        backward = _BackwardHooks(self) if self._backward_hooks else None
-        if backward is not None:
-            args = backward.inputs(args)
-        out = call(self, *args, **kwargs)
-        for _, hook, with_kwargs in self._forward_hooks:
-            new = hook(self, args, kwargs, out) if with_kwargs else hook(self, args, out)
-            out = out if new is None else new
-        return out if backward is None else backward.outputs(out)
+        token = _RUNNING.set(_RUNNING.get() | {id(self)})
+        try:
+            return _run_hooked(call, self, args, kwargs)
+        finally:
+            _RUNNING.reset(token)
 
     return run
+
+
+def _run_hooked(call: Callable, self: Module, args: tuple, kwargs: dict) -> Any:
+    """torch's order: pre-hooks, the forward, forward hooks; backward hooks wrap both ends."""
+    args, kwargs = _pre_hooks(self, args, kwargs)
+    backward = _BackwardHooks(self) if self._backward_hooks else None
+    if backward is not None:
+        args = backward.inputs(args)
+    out = call(self, *args, **kwargs)
+    for _, hook, with_kwargs in self._forward_hooks:
+        new = hook(self, args, kwargs, out) if with_kwargs else hook(self, args, out)
+        out = out if new is None else new
+    return out if backward is None else backward.outputs(out)
 
 
 def _pre_hooks(module: Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:

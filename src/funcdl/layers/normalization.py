@@ -11,6 +11,7 @@ from flax import nnx
 from funcdl import tape as F
 from funcdl.layers.basic import value
 from funcdl.layers.counterpart import Example, sample, torch_layer
+from funcdl.layers.module import Module
 
 __all__ = ["RMSNorm"]
 
@@ -29,7 +30,7 @@ def _rms_from_torch(t, b) -> RMSNorm:
     to_torch=lambda m, b: b.torch.nn.RMSNorm(m.normalized_shape, eps=m.eps,
                                              elementwise_affine=m.weight is not None),
 )
-class RMSNorm(nnx.Module):
+class RMSNorm(Module):
     """``nn.RMSNorm(normalized_shape, eps=None, elementwise_affine=True)``:
     ``x / sqrt(mean(x^2) + eps) * weight`` over the trailing ``normalized_shape`` dims, ``weight``
     ones. ``eps=None`` is torch's (float32's machine epsilon for 16-bit and float32 inputs); 16-bit

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from flax import nnx
-
 from funcdl import tape as F
 from funcdl.layers.counterpart import Example, sample, torch_layer
+from funcdl.layers.module import Module
 
 __all__ = ["MaxPool1d", "MaxPool2d", "AvgPool1d", "AvgPool2d", "AdaptiveAvgPool2d",
            "AdaptiveMaxPool2d", "Flatten"]
@@ -30,7 +29,7 @@ def _declare(name: str, example: tuple, shape: tuple, read: tuple[str, ...]):
     return declare
 
 
-class _Pool(nnx.Module):
+class _Pool(Module):
     """Keeps torch's constructor arguments as attributes of the same names."""
 
     function: Any = None

@@ -26,6 +26,7 @@ from flax import nnx
 from funcdl import tape as F
 from funcdl.layers.basic import Dropout, _uniform, check_positive, value
 from funcdl.layers.counterpart import Build, Example, Transposed, sample, torch_layer
+from funcdl.layers.module import Module
 from funcdl.tape.tensor import constant
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"]
@@ -33,7 +34,7 @@ __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"]
 _GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
 
 
-class _Weights(nnx.Module):
+class _Weights(Module):
     """One cell's parameters (one layer and direction of an RNN), stored transposed."""
 
     def __init__(self, input_size: int, hidden_size: int, gates: int, *, bias: bool,
@@ -121,7 +122,7 @@ def _check_config(mode: str, hidden_size: int, num_layers: int, dropout: float,
         raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
 
 
-class _Recurrent(nnx.Module):
+class _Recurrent(Module):
     """The shared machinery of RNN, LSTM and GRU (torch's ``RNNBase``)."""
 
     mode = "RNN_TANH"

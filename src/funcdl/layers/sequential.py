@@ -15,6 +15,7 @@ from flax import nnx
 from funcdl import tape as F
 from funcdl.layers.basic import activation_fn
 from funcdl.layers.counterpart import Build, Example, UnsupportedModuleError, sample, torch_layer
+from funcdl.layers.module import Module
 
 __all__ = ["Sequential", "SequenceFirst", "ReLU", "GELU", "Tanh", "Sigmoid", "SiLU", "Identity",
            "LeakyReLU", "activation_module", "activation_name"]
@@ -30,7 +31,7 @@ __all__ = ["Sequential", "SequenceFirst", "ReLU", "GELU", "Tanh", "Sigmoid", "Si
     from_torch=lambda t, b: Sequential(*[b.child(c) for c in t]),
     to_torch=lambda m, b: b.torch.nn.Sequential(*[b.child(c) for c in m.layers]),
 )
-class Sequential(nnx.Module):
+class Sequential(Module):
     """Modules applied in turn, ``nn.Sequential``'s way: ``seq(x) = layers[-1](...layers[0](x))``;
     torch keys ``"0.weight"``, ``"2.bias"``, ... by position."""
 
@@ -70,7 +71,7 @@ def _seq_first_to_torch(m: SequenceFirst, b: Build) -> Any:
 
 
 @torch_layer(None, keys=lambda m: {"": m.module}, to_torch=_seq_first_to_torch)
-class SequenceFirst(nnx.Module):
+class SequenceFirst(Module):
     """``module`` with inputs and output in ``(T, B, D)`` order, as a torch module built with
     ``batch_first=False`` (torch's default for ``nn.MultiheadAttention`` and the encoder) takes
     them: 3-D positional inputs are transposed to ``(B, T, D)`` on the way in, the output back.
@@ -85,7 +86,7 @@ class SequenceFirst(nnx.Module):
         return F.transpose(self.module(F.transpose(x, 0, 1), *args, **kwargs), 0, 1)
 
 
-class _Activation(nnx.Module):
+class _Activation(Module):
     """An activation as a module (no parameters); ``name`` is its ``activation_fn`` name."""
 
     name = "identity"
@@ -138,7 +139,7 @@ class GELU(_Activation):
     from_torch=lambda t, b: LeakyReLU(t.negative_slope),
     to_torch=lambda m, b: b.torch.nn.LeakyReLU(m.negative_slope),
 )
-class LeakyReLU(nnx.Module):
+class LeakyReLU(Module):
     """``nn.LeakyReLU(negative_slope)``."""
 
     def __init__(self, negative_slope: float = 0.01):

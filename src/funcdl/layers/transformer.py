@@ -32,6 +32,7 @@ from funcdl.layers.counterpart import (
     sample,
     torch_layer,
 )
+from funcdl.layers.module import Module
 from funcdl.layers.normalization import RMSNorm
 from funcdl.layers.sequential import SequenceFirst, activation_module, activation_name
 
@@ -45,7 +46,7 @@ __all__ = [
 
 
 @torch_layer(None)  # torch inlines it: see TransformerEncoderLayer's keys
-class FeedForward(nnx.Module):
+class FeedForward(Module):
     """Position-wise feed-forward block: ``linear2(dropout(activation(linear1(x))))``.
 
     This is PyTorch's ``TransformerEncoderLayer._ff_block`` without its trailing ``dropout2``
@@ -151,7 +152,7 @@ def _feed_forward_keys(ff: FeedForward) -> dict:
     from_torch=_layer_from_torch,
     to_torch=_layer_to_torch,
 )
-class TransformerEncoderLayer(nnx.Module):
+class TransformerEncoderLayer(Module):
     """Self-attention and feed-forward, each with a residual connection and a LayerNorm.
 
     ``norm_first=True`` is the slides' pre-LN layer (``x + attn(norm1(x))``, then
@@ -241,7 +242,7 @@ def _encoder_to_torch(m: TransformerEncoder, b: Build):
     from_torch=_encoder_from_torch,
     to_torch=_encoder_to_torch,
 )
-class TransformerEncoder(nnx.Module):
+class TransformerEncoder(Module):
     """``num_layers`` identical ``TransformerEncoderLayer``s with stacked parameters.
 
     ``self.layers`` is one ``TransformerEncoderLayer`` whose every parameter has a leading
@@ -298,7 +299,7 @@ class TransformerEncoder(nnx.Module):
 
 
 @torch_layer(None)
-class TransformerClassifier(nnx.Module):
+class TransformerClassifier(Module):
     """The seed notebook's sequence classifier: token embedding + position embedding, a
     Transformer encoder, an aggregation over positions, and an MLP decoder.
 
@@ -378,7 +379,7 @@ class TransformerClassifier(nnx.Module):
     keys=lambda m: {"dense": m.dense, "norm": m.norm, "decoder": m.decoder,
                     "decoder.bias": m.bias},
 )
-class MLMHead(nnx.Module):
+class MLMHead(Module):
     """BERT's masked-language-model head on encoder output ``(B, T, D)`` -> logits ``(B, T, V)``:
     ``dense`` (D -> D), ``activation``, ``norm``, then the decoder to the vocabulary.
 
