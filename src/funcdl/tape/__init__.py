@@ -7,8 +7,9 @@ Forward mode: `jvp`, `jacfwd`, `hessian` (forward over reverse) and torch's dual
 `forward_ad`; every op carries a tangent rule beside its backward rules.
 
 The functions live in one module per family (elementwise, activations, reductions, shape,
-indexing, linalg, normalization, dropout, losses), each declared once with `registry.op`; this
-package exports exactly the declared ops, plus the engine below.
+indexing, linalg, normalization, dropout, the losses, convolution, pooling, windows, recurrence,
+ctc: the import list below), each declared once with `registry.op`; this package exports exactly
+the declared ops, plus the engine below. A new family is one more name in that list.
 """
 
 from funcdl.ops.shapes import broadcast_shapes
