@@ -44,8 +44,8 @@ from funcdl.layers.batchnorm import BatchNorm1d, BatchNorm2d
 from funcdl.layers.bert import Bert, BertConfig, BertOutput, TextEmbeddings
 from funcdl.layers.conv import Conv1d, Conv2d, ConvTranspose1d, ConvTranspose2d
 from funcdl.layers.counterpart import UnsupportedModuleError
-from funcdl.layers.module import Module
 from funcdl.layers.ctc import CTCBeamDecoder, ctc_greedy_decode
+from funcdl.layers.module import Module
 from funcdl.layers.normalization import RMSNorm
 from funcdl.layers.pooling import (
     AdaptiveAvgPool2d,
