@@ -164,3 +164,19 @@ def test_bad_construction():
         L.TransformerEncoderLayer(8, 2, 16, dropout=1.5, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="activation should be one of"):
         L.FeedForward(8, 16, activation="swish2", rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("average", [True, False])
+def test_need_weights_returns_torchs_attention_weights(average):
+    torch.manual_seed(0)
+    ref = torch.nn.MultiheadAttention(8, 2, batch_first=True).eval()
+    ours = L.from_torch(ref)
+    x = np.random.default_rng(0).normal(size=(2, 5, 8)).astype(np.float32)
+    pad = np.array([[False] * 5, [False, False, False, True, True]])
+    out, weights = ours(x, key_padding_mask=pad, need_weights=True, average_attn_weights=average)
+    ref_out, ref_weights = ref(*[torch.from_numpy(x)] * 3, key_padding_mask=torch.from_numpy(pad),
+                               need_weights=True, average_attn_weights=average)
+    assert weights.shape == tuple(ref_weights.shape)
+    np.testing.assert_allclose(np.asarray(weights), ref_weights.detach().numpy(), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(out), ref_out.detach().numpy(), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(ours(x, key_padding_mask=pad)), np.asarray(out))

@@ -87,7 +87,8 @@ def _score_dim_names(ndim: int) -> tuple[str, ...]:
 
 def scaled_dot_product_attention(q, k, v, *, attn_mask=None, key_padding_mask=None,
                                  is_causal: bool = False, dropout_rate: float = 0.0,
-                                 rng: jax.Array | None = None, scale: float | None = None):
+                                 rng: jax.Array | None = None, scale: float | None = None,
+                                 need_weights: bool = False):
     """``softmax(q k^T / sqrt(d) + masks) v`` over the last two dimensions.
 
     Shapes: ``q (..., T, d)``, ``k (..., S, d)``, ``v (..., S, dv)`` -> ``(..., T, dv)``; the
@@ -97,6 +98,8 @@ def scaled_dot_product_attention(q, k, v, *, attn_mask=None, key_padding_mask=No
     - ``attn_mask``: broadcastable to ``(..., T, S)``; bool True = blocked, or float added.
     - ``is_causal``: block keys after the query (``tril``), combined with the masks above.
     - ``dropout_rate``/``rng``: dropout on the attention weights (rng required when rate > 0).
+    - ``need_weights``: also return the attention weights ``(..., T, S)`` (after dropout, as
+      torch's ``multi_head_attention_forward`` returns them): ``(out, weights)``.
 
     A query row whose keys are all masked returns zeros, and its gradients are finite zeros.
     ``nn.MultiheadAttention`` returns NaN there, and NaN gradients, on its default
@@ -152,7 +155,8 @@ def scaled_dot_product_attention(q, k, v, *, attn_mask=None, key_padding_mask=No
         if rng is None:
             raise ValueError("dropout_rate > 0 needs rng=<a jax.random key>")
         weights = F.dropout(weights, dropout_rate, key=rng, training=True)
-    return F.matmul(weights, v)
+    out = F.matmul(weights, v)
+    return (out, weights) if need_weights else out
 
 
 @torch_layer(None)
@@ -267,7 +271,11 @@ class MultiHeadAttention(Module):
         return am
 
     def __call__(self, x, kv=None, *, key_padding_mask=None, attn_mask=None,
-                 is_causal: bool = False):
+                 is_causal: bool = False, need_weights: bool = False,
+                 average_attn_weights: bool = True):
+        """Attention over ``x`` (or from ``x`` to ``kv``); with ``need_weights`` it returns
+        ``(output, weights)`` as torch's ``MultiheadAttention`` does, the weights ``(B, T, S)``
+        averaged over the heads, or ``(B, heads, T, S)`` with ``average_attn_weights=False``."""
         if x.ndim != 3 or x.shape[-1] != self.embed_dim:
             raise ValueError(
                 f"MultiHeadAttention expects batch-first input (B, T, embed_dim={self.embed_dim}),"
@@ -285,9 +293,12 @@ class MultiHeadAttention(Module):
             k, v = self._heads(self._project(kv, slice(d, 3 * d)), 2)
         b, t, s = x.shape[0], q.shape[-2], k.shape[-2]
         key = self.attn_dropout.next_key()
-        out = scaled_dot_product_attention(
+        out, weights = scaled_dot_product_attention(
             q, k, v, attn_mask=self._attn_mask(attn_mask, b, t, s),
             key_padding_mask=key_padding_mask, is_causal=is_causal,
-            dropout_rate=self.attn_dropout.rate if key is not None else 0.0, rng=key)
-        out = F.reshape(F.permute(out, (0, 2, 1, 3)), (b, t, d))  # concatenate the heads
-        return self.out_proj(out)
+            dropout_rate=self.attn_dropout.rate if key is not None else 0.0, rng=key,
+            need_weights=True)
+        out = self.out_proj(F.reshape(F.permute(out, (0, 2, 1, 3)), (b, t, d)))  # heads joined
+        if not need_weights:
+            return out
+        return out, (F.mean(weights, 1) if average_attn_weights else weights)
