@@ -74,7 +74,7 @@ def accuracy(model, data: list[tuple]) -> float:
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.split("\n\n")[0], "port_bert")
     p.add_argument("--sentences", type=positive_int, default=2048)  # the docs hold about 2,000
-    p.add_argument("--epochs", type=positive_int, default=4)
+    p.add_argument("--epochs", type=positive_int, default=8)
     p.add_argument("--hidden", type=positive_int, default=128)
     p.add_argument("--layers", type=positive_int, default=2)
     p.add_argument("--max-len", type=positive_int, default=32)
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         model = layers.from_transformers(hf)
         model.train()
         with stopwatch() as elapsed:
-            history = fit(model, optim.adamw(3e-4 if not args.smoke else 1e-3), train, loss_fn,
+            history = fit(model, optim.adamw(3e-4), train, loss_fn,
                           epochs=args.epochs, grad=grad, seed=args.seed, progress=False)
         runs[grad] = model
         print(f"   grad={grad:4}: train loss {history['train_loss'][0]:.3f} -> "
