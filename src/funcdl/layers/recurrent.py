@@ -168,7 +168,7 @@ class _Recurrent(Module):
         seq = x if not batched else (F.transpose(x, 0, 1) if self.batch_first else x)
         seq = seq if batched else F.unsqueeze(seq, 1)  # (T, B, F), time-major
         frames, batch = seq.shape[0], seq.shape[1]
-        h0, c0 = self._initial(hx, batch, batched)
+        h0, c0 = self._initial(hx, batch, batched, x.dtype)
         mask = None if lengths is None else _mask(lengths, frames, batch)
         h_n, c_n = [], []
         for k in range(self.num_layers):
@@ -220,8 +220,9 @@ class _Recurrent(Module):
         cs = [None] * d if c is None else [F.getitem(c, i) for i in range(d)]
         return (outs[0] if d == 1 else F.concatenate(outs, -1)), hs, cs
 
-    def _initial(self, hx: Any, batch: int, batched: bool) -> tuple[list, list]:
-        """Per layer and direction: h0 (and c0), from ``hx`` or zeros; torch's shape errors."""
+    def _initial(self, hx: Any, batch: int, batched: bool, dtype: Any) -> tuple[list, list]:
+        """Per layer and direction: h0 (and c0), from ``hx`` or zeros of the input's dtype;
+        torch's shape errors."""
         n = self.num_layers * self.directions
         h_shape = (n, batch, self.proj_size or self.hidden_size)
         c_shape = (n, batch, self.hidden_size)
@@ -233,16 +234,16 @@ class _Recurrent(Module):
                 raise RuntimeError(f"For {what} input, hx and cx should also be "
                                    f"{3 if batched else 2}-D but got ({ndims[0]}-D, {ndims[-1]}-D)"
                                    " tensors")
-            h = _state(h, h_shape, batched, "hidden[0]")
-            c = _state(c, c_shape, batched, "hidden[1]")
+            h = _state(h, h_shape, batched, "hidden[0]", dtype)
+            c = _state(c, c_shape, batched, "hidden[1]", dtype)
             return [F.getitem(h, i) for i in range(n)], [F.getitem(c, i) for i in range(n)]
-        h = _state(hx, h_shape, batched, "hidden")
+        h = _state(hx, h_shape, batched, "hidden", dtype)
         return [F.getitem(h, i) for i in range(n)], [None] * n
 
 
-def _state(h: Any, shape: tuple, batched: bool, name: str) -> Any:
+def _state(h: Any, shape: tuple, batched: bool, name: str, dtype: Any) -> Any:
     if h is None:
-        return jnp.zeros(shape, jnp.float32)
+        return jnp.zeros(shape, dtype)
     ndim = len(h.shape)
     if batched and ndim != 3:
         raise RuntimeError(f"For batched 3-D input, hx should also be 3-D but got {ndim}-D tensor")
@@ -381,7 +382,7 @@ class _Cell(_Weights):
         out = []
         for k, h in enumerate(states):
             if h is None:
-                out.append(jnp.zeros((x.shape[0], self.hidden_size), jnp.float32))
+                out.append(jnp.zeros((x.shape[0], self.hidden_size), x.dtype))
                 continue
             h = h if batched else F.unsqueeze(h, 0)
             if h.shape[0] != x.shape[0]:
