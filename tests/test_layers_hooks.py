@@ -158,3 +158,44 @@ def test_a_subclass_calling_super_fires_its_hooks_once():
     layer.register_forward_hook(lambda m, args, out: calls.append(1))
     np.testing.assert_allclose(np.asarray(layer(X)), 2 * (X @ W1.T + B1), rtol=1e-5)
     assert calls == [1]
+
+
+@pytest.mark.parametrize("engine", ["tape", "jax"])
+def test_attention_maps_and_gradient_norms_of_a_scanned_encoder_in_one_step(engine):
+    """The README's recipe, with both engines: every layer's attention map by forward hooks and
+    every layer's output-gradient norm by backward hooks, through the encoder's scan and jit."""
+    from funcdl import layers
+
+    model = layers.TransformerClassifier(20, 3, 16, 2, 32, 2, 8, dropout=0.0, rngs=nnx.Rngs(0))
+    stack, maps, norms = model.encoder.layers, [], []
+
+    def data(x):
+        return x.data if isinstance(x, T.Tensor) else x
+
+    stack.attention.register_forward_pre_hook(
+        lambda m, args, kwargs: (args, {**kwargs, "need_weights": True}), with_kwargs=True)
+
+    def keep_map(m, args, out):
+        jax.debug.callback(maps.append, data(out[1]))
+        return out[0]
+
+    stack.attention.register_forward_hook(keep_map)
+    stack.register_full_backward_hook(lambda m, gin, gout: jax.debug.callback(
+        lambda g: norms.append(float(np.linalg.norm(g))), data(gout[0])))
+    ids, labels = np.random.default_rng(0).integers(0, 20, (4, 8)), np.array([0, 1, 2, 1])
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def loss(p):
+        return T.cross_entropy(nnx.merge(graphdef, p, rest)(ids), labels)
+
+    grad = T.value_and_grad if engine == "tape" else jax.value_and_grad
+    jax.block_until_ready(jax.jit(grad(loss))(params))
+    jax.effects_barrier()
+    if engine == "tape":  # tape.scan's backward runs the body again, last step first (see
+        # layers.module)
+        assert len(maps) == 4
+        np.testing.assert_allclose(np.stack(maps[:1:-1]), np.stack(maps[:2]), rtol=1e-6)  # reversed
+        maps = maps[:2]
+    assert len(maps) == 2 and maps[0].shape == (4, 8, 8)
+    np.testing.assert_allclose(np.stack(maps).sum(-1), 1.0, rtol=1e-5)  # rows of softmax
+    assert len(norms) == 2 and all(n > 0 for n in norms)

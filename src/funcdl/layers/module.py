@@ -12,6 +12,11 @@ inside a jitted step (`fit`, `jax.jit`) fires the hooks it was split with, at tr
 traced values (use ``jax.debug.callback`` to see concrete numbers under jit). Registering or
 removing a hook changes the graphdef, so the next jitted call compiles again. Checkpoints hold
 arrays only: a restored run has the hooks of the module it was restored into.
+
+One difference from torch: with the tape, a module inside a `funcdl.tape.scan` body (the layers
+of a `TransformerEncoder`) has its forward hooks fire again, with the same values, when the scan
+is differentiated, because the backward pass runs the body once more, last step first (replaying
+the values the forward saved). With ``jax.grad`` they fire once per step, as in torch.
 """
 
 from __future__ import annotations
@@ -149,7 +154,9 @@ class _BackwardHooks:
         self.n_args = len(args)
         self.slots = [i for i, a in enumerate(args) if _differentiable(a)]
         new = list(args)
-        tensors = [i for i in self.slots if isinstance(args[i], Tensor)]
+        # every Tensor input gets the identity, needed or not, so a body that tape.scan runs
+        # twice (to record, then to differentiate) records the same ops both times
+        tensors = [i for i, a in enumerate(args) if isinstance(a, Tensor)]
         arrays = [i for i in self.slots if not isinstance(args[i], Tensor)]
         for i in tensors:
             new[i] = apply("BackwardHookFunctionBackward", lambda x: x, (args[i],),
@@ -164,10 +171,10 @@ class _BackwardHooks:
     def outputs(self, out: Any) -> Any:
         leaves, treedef = jax.tree.flatten(out, is_leaf=lambda x: isinstance(x, Tensor))
         self.grad_output = [None] * len(leaves)
-        tensors = [k for k, x in enumerate(leaves) if isinstance(x, Tensor) and x.requires_grad]
+        tensors = [k for k, x in enumerate(leaves) if isinstance(x, Tensor)]
         arrays = [k for k, x in enumerate(leaves)
                   if not isinstance(x, Tensor) and _differentiable(x)]
-        self.pending_outputs = len(tensors)
+        self.pending_outputs = sum(leaves[k].requires_grad for k in tensors)
         for k in tensors:
             leaves[k] = apply("BackwardHookFunctionBackward", lambda x: x, (leaves[k],),
                               (functools.partial(self._tape_output, k),), tangents="linear")
