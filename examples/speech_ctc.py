@@ -19,7 +19,7 @@ training, held-out utterances are decoded greedily (best path) and by prefix bea
 phoneme error rate (PER: edits / reference phonemes) is compared with a trivial baseline (the most
 common phoneme, repeated as many times as a typical utterance has phonemes).
 
-    python examples/speech_ctc.py            # about 3 minutes on 2 CPU cores
+    python examples/speech_ctc.py            # about 2 minutes on 2 (shared) CPU cores
     python examples/speech_ctc.py --smoke    # seconds: a small run for the tests
 """
 
