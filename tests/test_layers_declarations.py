@@ -19,8 +19,9 @@ from funcdl import check
 from funcdl import layers as L
 from funcdl.layers.counterpart import Row, Transposed, declaration, torch_layer
 
-PUBLIC = [obj for name in L.__all__
-          if isinstance(obj := getattr(L, name), type) and issubclass(obj, nnx.Module)]
+PUBLIC = [obj for name in L.__all__  # every layer (Module itself is their base, not a layer)
+          if isinstance(obj := getattr(L, name), type) and issubclass(obj, nnx.Module)
+          and obj is not L.Module]
 PAIRED = [cls for cls in PUBLIC if getattr(declaration(cls, inherit=False), "torch", None)]
 
 
