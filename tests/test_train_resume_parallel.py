@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import textwrap
 
 import _train_worker as worker
 import numpy as np
@@ -100,3 +101,32 @@ def test_two_processes_checkpoint_killed_and_resumed_train_like_one(tmp_path, un
     expected, _ = uninterrupted
     for k in expected:
         np.testing.assert_allclose(got[k], expected[k], rtol=1e-5, atol=1e-6)
+
+
+def test_cpu_devices_sets_the_device_count_before_jax_starts_and_refuses_to_change_it():
+    """``funcdl.cpu_devices`` in a fresh process: n devices, a repeat with n is a no-op, another
+    count once JAX runs is a clear error, a bad count a ValueError."""
+    code = textwrap.dedent("""
+        import funcdl, jax
+        assert funcdl.cpu_devices(3) == 3
+        assert jax.device_count() == 3
+        assert funcdl.cpu_devices(3) == 3
+        try:
+            funcdl.cpu_devices(2)
+        except RuntimeError as e:
+            assert "after JAX started" in str(e) and "cpu_devices(2)" in str(e), e
+        else:
+            raise AssertionError("no error")
+        for bad in (0, -1, 1.5, True):
+            try:
+                funcdl.cpu_devices(bad)
+            except ValueError:
+                pass
+            else:
+                raise AssertionError(bad)
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, env={**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"},
+                              "JAX_PLATFORMS": "cpu"})
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

@@ -2,11 +2,14 @@
 
 The DataLoader places its batches with ``place``; ``fit`` shards batches and replicates its state
 with it and reads arrays back with ``to_host``; checkpoints store keys as ``is_key`` finds them.
-This module imports only JAX and numpy, so the data pipeline can use it without the model code.
+``cpu_devices`` splits the host CPU into several JAX devices (an explicit opt-in, before JAX
+starts). This module imports only JAX and numpy, so the data pipeline can use it without the model
+code.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import jax
@@ -50,4 +53,75 @@ def place(x: Any, target: Sharding | jax.Device, *, process_local: bool = False)
     return jax.make_array_from_process_local_data(sharding, host, global_shape)
 
 
-__all__ = ["is_key", "place", "to_host"]
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+
+
+def _reuse_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse; False where the C library is not glibc.
+
+    XLA:CPU allocates a program's temporary buffer (tens of MB for a training step) on every
+    execution, from the executing thread. A block that large, in a thread's arena, glibc always
+    maps fresh with ``mmap`` and unmaps on free, so every step touches new pages: an encoder
+    layer's step (B=16, T=128, D=256) took 19,000 page faults and ~40 ms of kernel time per
+    step. One arena, no ``mmap`` for large blocks and no trimming make the step reuse the same
+    memory (under 600 faults a step). The process keeps its peak heap instead of returning it.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        # glibc only: other C libraries number mallopt's parameters differently, or lack it
+        mallopt, _ = libc.mallopt, libc.gnu_get_libc_version
+    except (OSError, TypeError, AttributeError):
+        return False
+    return all(mallopt(param, value) == 1 for param, value in
+               ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 1 << 30)))
+
+
+def cpu_devices(n: int | None = None, *, reuse_memory: bool = True) -> int:
+    """Set JAX's CPU backend up for training before it starts; returns the device count ``n``.
+
+    - ``n`` CPU devices (default: one per core this process may use): with the batch split over
+      them (``fit(..., mesh="auto")``) each device runs its share of every kernel on its own
+      core, where one device leaves most elementwise kernels on few threads.
+    - ``reuse_memory`` (default): glibc's malloc keeps freed memory for reuse, so XLA's
+      per-step temporary buffers stop costing fresh pages every step (see
+      ``_reuse_freed_memory``; an encoder-layer training step ran 1.25x faster). Process-wide,
+      and a no-op where the C library is not glibc.
+
+    It sets JAX's ``jax_num_cpu_devices``, which only takes effect before JAX starts its backend
+    (and malloc's arenas are set per thread as threads start), so call it first, right after the
+    imports. Calling it again with the count JAX already has is a no-op; any other count once
+    JAX has started is an error. On a machine with an accelerator it changes only the CPU
+    backend (``jax.devices("cpu")``).
+    """
+    if n is None:
+        n = _cores()
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"cpu_devices needs a positive number of devices, got {n!r}")
+    try:
+        jax.config.update("jax_num_cpu_devices", n)
+    except RuntimeError:  # JAX's backend is already running
+        have = len(jax.devices("cpu"))
+        if have == n:
+            return n
+        raise RuntimeError(
+            f"funcdl.cpu_devices({n}) was called after JAX started its CPU backend with {have} "
+            f"device(s); the count cannot change now. Call funcdl.cpu_devices({n}) at the top of "
+            "the program, right after the imports and before any JAX array is created or any "
+            "computation runs (a new process starts afresh).") from None
+    if reuse_memory:
+        _reuse_freed_memory()
+    return n
+
+
+__all__ = ["cpu_devices", "is_key", "place", "to_host"]
