@@ -250,11 +250,19 @@ class MultiHeadAttention(Module):
         return [F.getitem(y, i) for i in range(n)]
 
     def _project(self, x, cols: slice):
-        w = F.getitem(value(self.in_proj.w), (slice(None), cols))
-        y = F.matmul(x, w)
-        if self.in_proj.b is not None:
-            y = F.add(y, F.getitem(value(self.in_proj.b), cols))
-        return y
+        """``x @ in_proj.w[:, cols] + in_proj.b[cols]`` as one (B*T, D) GEMM, as ``Linear``
+        does: with the batch dims kept, ``jax.grad``'s weight gradient contracts over two dims
+        and XLA adds a transposed copy of the (B*T, 3D) gradient and pads for the q/k/v split."""
+        w, b = value(self.in_proj.w), self.in_proj.b
+        b = None if b is None else value(b)
+        if cols != slice(None):
+            w = F.getitem(w, (slice(None), cols))
+            b = None if b is None else F.getitem(b, cols)
+        lead = tuple(x.shape[:-1])
+        y = F.matmul(F.reshape(x, (-1, x.shape[-1])), w)
+        if b is not None:
+            y = F.add(y, b)
+        return F.reshape(y, lead + (y.shape[-1],))
 
     def _attn_mask(self, attn_mask, b: int, t: int, s: int):
         if attn_mask is None:
