@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from funcdl import tape as T
+from funcdl.tape.tensor import apply  # the engine's one entry for every op
 
 # --- the slides' sigmoid example ---------------------------------------------------------------
 
@@ -475,3 +476,37 @@ def test_tape_gradient_follows_ops_recorded_before_it_or_on_an_outer_tape():
     zt = yt * xt
     ref_dx, ref_dy = torch.autograd.grad(zt, [xt, yt])
     assert float(inner_dx) == float(ref_dx) == 12.0 and float(inner_dy) == float(ref_dy)
+
+
+# --- eager kernels: an op's forward closure is jitted once it is seen again ---------------------
+
+TRACES = [0]
+
+
+def _rolled(shift: int):
+    def forward(v):
+        TRACES[0] += 1  # runs once per eager call, or once per trace of a jitted copy
+        return jnp.roll(v, shift)
+
+    return forward
+
+
+def test_an_eager_forward_seen_again_runs_as_a_shared_jitted_kernel():
+    x = T.tensor(np.arange(6.0, dtype=np.float32), requires_grad=True)
+    TRACES[0] = 0
+    outs = [apply("Roll", _rolled(2), (x,)) for _ in range(4)]
+    for out in outs:
+        np.testing.assert_array_equal(out.data, np.roll(np.arange(6.0), 2))
+    assert TRACES[0] == 2  # the first call as it is, then one trace shared by calls 2-4
+    outs = [apply("Roll", _rolled(3), (x,)) for _ in range(2)]  # another static value: its own
+    np.testing.assert_array_equal(outs[1].data, np.roll(np.arange(6.0), 3))
+
+
+def test_an_eager_forward_with_python_control_flow_on_values_stays_eager():
+    x = T.tensor(np.array([1.0, -3.0], np.float32), requires_grad=True)
+
+    def make(scale: int):
+        return lambda v: v * scale if float(v.sum()) > 0 else -v  # needs a concrete value
+
+    for _ in range(3):
+        np.testing.assert_array_equal(apply("Flip", make(2), (x,)).data, [-1.0, 3.0])

@@ -14,6 +14,7 @@ import contextlib
 import contextvars
 import itertools
 import traceback
+import types
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -345,6 +346,53 @@ def _escaped(t: Tensor) -> RuntimeError:
         "returned (or `.detach()` a value inside the call) instead of keeping Tensors from it.")
 
 
+# Eager kernels: a forward written as a closure (``lambda x: jnp.reshape(x, new)``) is a new
+# function on every call, so eagerly each of its jnp ops is a separate dispatch (~20 us each). The
+# second time the same code runs with the same static closure (ints, strings, dtypes, tuples of
+# them), it gets a jitted copy, dispatched in ~5 us and shared by every later call; forwards that
+# close over arrays or floats (a new value each call would compile each time) stay as they are.
+_KERNELS: dict[tuple, Any] = {}
+_KERNELS_MAX = 4096
+_SEEN, _UNJITTABLE = object(), object()
+_STATIC = (int, np.integer, np.bool_, str, type(None), np.dtype, type)
+
+
+def _static(v: Any) -> bool:
+    if isinstance(v, tuple):
+        return all(_static(e) for e in v)
+    return isinstance(v, _STATIC)
+
+
+def _eager(forward: Callable[..., Any], args: Sequence[Any]) -> Any:
+    """``forward(*args)``, through a shared jitted kernel when it is an eager call (no tracer
+    among ``args``) of a closure seen before with the same static closure values."""
+    if type(forward) is not types.FunctionType or any(
+            isinstance(a, jax.core.Tracer) for a in args):
+        return forward(*args)
+    cells = forward.__closure__ or ()
+    try:
+        values = tuple(c.cell_contents for c in cells)
+    except ValueError:  # an empty cell
+        return forward(*args)
+    if not (_static(values) and _static(forward.__defaults__)):
+        return forward(*args)
+    key = (forward.__code__, values, forward.__defaults__)
+    kernel = _KERNELS.get(key)
+    if kernel is None:  # first sighting: run as it is, jit from the second call on
+        if len(_KERNELS) < _KERNELS_MAX:
+            _KERNELS[key] = _SEEN
+        return forward(*args)
+    if kernel is _UNJITTABLE:
+        return forward(*args)
+    if kernel is _SEEN:
+        kernel = _KERNELS[key] = jax.jit(forward)
+    try:
+        return kernel(*args)
+    except jax.errors.JAXTypeError:  # Python control flow on values: stays eager
+        _KERNELS[key] = _UNJITTABLE
+        return forward(*args)
+
+
 def apply(name: str, forward: Callable[..., Any], inputs: tuple, rules: Sequence | None = None,
           joint: Callable | None = None, tangents: Sequence | str | None = None) -> Any:
     """Run ``forward`` on the inputs' data; wrap and record when a Tensor is among the inputs.
@@ -363,10 +411,10 @@ def apply(name: str, forward: Callable[..., Any], inputs: tuple, rules: Sequence
             if x._tape is not None and x._tape.closed:
                 raise _escaped(x)
     if not has_tensor:
-        return forward(*inputs)
+        return _eager(forward, inputs)
     datas = [x.data if isinstance(x, Tensor) else x for x in inputs]
     try:
-        out = forward(*datas)
+        out = _eager(forward, datas)
     except jax.errors.UnexpectedTracerError as e:
         raise RuntimeError(
             f"{_op_name(name)}: a Tensor among the inputs holds a tracer of a finished "
