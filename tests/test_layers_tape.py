@@ -47,6 +47,29 @@ def test_stacked_encoder_grads_tape_equal_jax(data):
     assert compare_with_jax(*loss_of(enc, *data)).leafwise < 1e-5
 
 
+def test_unrolled_encoder_equals_the_scanned_one(data):
+    """``unroll=True`` runs the same stacked layers in a Python loop: in training mode (dropout)
+    it draws the same masks, gives the same output and the same gradients (by either engine) as
+    the scanned encoder, whose gradient by jax.grad is the reference."""
+    x, kpm = data
+
+    def run(unroll, value_and_grad):
+        enc = L.TransformerEncoder(2, D, H, FF, dropout=0.3, unroll=unroll, rngs=nnx.Rngs(2))
+        graphdef, params, rest = nnx.split(enc, nnx.Param, ...)
+
+        def loss(p):
+            y = nnx.merge(graphdef, p, rest, copy=True)(x, key_padding_mask=kpm)
+            return tape.mean(tape.mul(y, y))
+
+        return jax.jit(value_and_grad(loss))(params)
+
+    ref_loss, ref_grads = run(False, jax.value_and_grad)
+    for value_and_grad in (jax.value_and_grad, tape.value_and_grad):
+        got_loss, got_grads = run(True, value_and_grad)
+        assert abs(float(got_loss) - float(ref_loss)) < 1e-6 * abs(float(ref_loss))
+        assert leafwise_relative(got_grads, ref_grads) < 1e-5
+
+
 def test_training_mode_tape_and_jax_draw_the_same_dropout_masks(data):
     """Training mode: both engines draw the same dropout masks from the same rng state."""
     x, kpm = data
