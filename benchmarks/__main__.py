@@ -1,6 +1,11 @@
 """Run the benchmark suite: ``python -m benchmarks [NAME ...] [--quick] [--json FILE]``.
 
 NAME is a module suffix: ``ops`` runs ``benchmarks/bench_ops.py``. With no NAME, all run.
+
+Before JAX starts, the suite sets its CPU backend up as a training program would
+(``funcdl.cpu_devices``): one JAX device per core, which the data-parallel rows split their
+batch over (the other rows run on one device, as before), and malloc that reuses XLA's per-step
+buffers. ``--cpu-devices 1`` and ``--no-reuse-memory`` measure without them.
 """
 
 from __future__ import annotations
@@ -27,17 +32,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", metavar="NAME", help=f"one of: {', '.join(names)}")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
     parser.add_argument("--json", metavar="FILE", help="also write rows and machine info as JSON")
+    parser.add_argument("--cpu-devices", type=int, metavar="N",
+                        help="JAX CPU devices for the data-parallel rows (default: one per core)")
+    parser.add_argument("--no-reuse-memory", action="store_true",
+                        help="leave malloc as it is (see funcdl.cpu_devices)")
     args = parser.parse_args(argv)
     unknown = [n for n in args.names if n not in names]
     if unknown:
         parser.error(f"unknown benchmark {', '.join(unknown)}; valid names: {', '.join(names)}")
+    import funcdl  # before any module starts JAX
+
+    setup = {"cpu_devices": funcdl.cpu_devices(args.cpu_devices,
+                                               reuse_memory=not args.no_reuse_memory),
+             "reuse_memory": not args.no_reuse_memory}
     rows = []
     for name in args.names or names:
         module = importlib.import_module(f"benchmarks.bench_{name}")
         got = add_ratios(module.run(quick=args.quick))
         print(format_table(got), end="\n\n", flush=True)
         rows += got
-    info = machine()
+    info = {**machine(), **setup}
     print("machine:", ", ".join(f"{k}={v}" for k, v in info.items()))
     if args.json:
         payload = {"machine": info, "rows": [dataclasses.asdict(r) for r in rows]}

@@ -5,8 +5,9 @@
   same ``funcdl.tape.conv2d``, jax.grad of ``lax.conv_general_dilated`` on NCHW arrays, and
   ``torch.nn.functional.conv2d`` with autograd. All jitted but torch.
 * ``conv.cnn_step``: examples/cnn_digits.py's CNN, one AdamW training step of fit (batch 32 of
-  1x8x8 digits) by jax.grad and by the tape, against the same model and weights in torch
-  (``layers.to_torch``) with ``torch.optim.AdamW``.
+  1x8x8 digits) by jax.grad and by the tape (and, where JAX has several CPU devices, by jax.grad
+  with the batch split over them as ``fit(mesh="auto")`` splits it), against the same model and
+  weights in torch (``layers.to_torch``) with ``torch.optim.AdamW``.
 * ``conv.windowed_sum``: sums over ``ops.unfold`` windows (one ``lax.reduce_window`` over the
   storage) against torch's ``unfold(...).sum(...)`` on the same views: 1-D windows of 8 summed
   over the window (dim -1) and over the positions (dim 0, the case that ran at 0.03x torch before
@@ -28,10 +29,18 @@ import numpy as np
 import torch
 from jax import lax
 
-from benchmarks.harness import Row, interleaved, torch_one_thread
+from benchmarks.harness import (
+    Row,
+    cpu_devices,
+    data_parallel,
+    interleaved,
+    torch_device,
+    torch_one_thread,
+)
 from funcdl import layers as L
 from funcdl import ops, optim
 from funcdl import tape as T
+from funcdl.train.parallel import Placement, make_mesh
 from funcdl.train.steps import init_state, make_train_step
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
@@ -68,9 +77,10 @@ def _conv2d(quick: bool, rounds: int) -> list[Row]:
     for got in (tape_fn(x, w), jax_fn(x, w)):  # the same gradients before timing them
         for a, r in zip(got, lax_fn(x, w)):
             np.testing.assert_allclose(a, r, rtol=1e-3, atol=1e-3)
-    tx = torch.from_numpy(np.array(x)).requires_grad_()
-    tw = torch.from_numpy(np.array(w)).requires_grad_()
-    tg = torch.from_numpy(np.array(g))
+    dev = torch_device()
+    tx = torch.from_numpy(np.array(x)).to(dev).requires_grad_()
+    tw = torch.from_numpy(np.array(w)).to(dev).requires_grad_()
+    tg = torch.from_numpy(np.array(g)).to(dev)
 
     def torch_fn():
         y = torch.nn.functional.conv2d(tx, tw, padding=1)
@@ -95,22 +105,28 @@ def _cnn_step(quick: bool, rounds: int) -> list[Row]:
     rng = np.random.default_rng(0)
     batch = (rng.random((32, 1, 8, 8), np.float32), rng.integers(0, 10, 32).astype(np.int32))
     fns = {}
-    for grad in ("jax", "tape"):
+    n = cpu_devices()
+    split = f"same step, batch split over {n} CPU devices"
+    for grad, name in (("jax", "funcdl fit step, jax.grad (jit)"),
+                       ("tape", "same step, tape gradients"), ("jax", split)):
+        if name == split and (n == 1 or len(batch[0]) % n):
+            continue
         model = build_model(0)
         tx = optim.adamw(2e-3)
         graphdef, state = init_state(model, tx)
-        step = make_train_step(graphdef, loss_fn, tx, grad=grad)
-        holder = [state]
+        jit_kwargs = Placement(make_mesh("auto")).jit_kwargs if name == split else {}
+        step = make_train_step(graphdef, loss_fn, tx, grad=grad, **jit_kwargs)
+        args = data_parallel(state, batch) if name == split else (state, batch)
+        holder = list(args)
 
         def run(step=step, holder=holder):
-            holder[0], loss, _, _ = step(holder[0], batch)
+            holder[0], loss, _, _ = step(holder[0], holder[1])
             return loss
 
-        name = "funcdl fit step, jax.grad (jit)" if grad == "jax" else "same step, tape gradients"
         fns[name] = run
-    twin = L.to_torch(build_model(0))
+    twin = L.to_torch(build_model(0)).to(torch_device())
     opt = torch.optim.AdamW(twin.parameters(), lr=2e-3, weight_decay=0.01)
-    tb = tuple(torch.from_numpy(a) for a in batch)
+    tb = tuple(torch.from_numpy(a).to(torch_device()) for a in batch)
 
     def torch_step():
         opt.zero_grad(set_to_none=True)

@@ -3,7 +3,9 @@
 * ``recurrent.lstm_step`` / ``recurrent.gru_step``: one training step (forward, backward, SGD with
   momentum) of a 2-layer bidirectional LSTM / GRU, B=32, T=100, 13 -> 256 hidden, loss = mean
   squared output: funcdl by jax.grad (the base row), the same step by funcdl.tape's gradients,
-  and ``torch.nn.LSTM`` / ``GRU`` (batch_first) with ``torch.optim.SGD``.
+  by jax.grad with the batch split over JAX's CPU devices where there are several (as
+  ``fit(mesh="auto")`` splits it), and ``torch.nn.LSTM`` / ``GRU`` (batch_first) with
+  ``torch.optim.SGD``.
 * ``recurrent.scan_grad``: the gradient of one LSTM layer written as a ``tape.scan`` whose body
   closes over the weights, by the tape (base) and by ``jax.grad`` of the same function.
 * ``recurrent.compile``: compile time of the LSTM training step at T=50 (base) and T=500: the
@@ -28,7 +30,14 @@ import optax
 import torch
 from flax import nnx
 
-from benchmarks.harness import Row, interleaved, torch_one_thread
+from benchmarks.harness import (
+    Row,
+    cpu_devices,
+    data_parallel,
+    interleaved,
+    torch_device,
+    torch_one_thread,
+)
 from funcdl import layers as L
 from funcdl import optim
 from funcdl import tape as T
@@ -65,7 +74,9 @@ def _funcdl_step(module: nnx.Module, value_and_grad):
     return step, params, opt_state
 
 
-def _stepper(step, params, opt_state, x):
+def _stepper(step, params, opt_state, x, split: bool = False):
+    if split:
+        (params, opt_state), x = data_parallel((params, opt_state), x)
     state = [params, opt_state]
 
     def run():
@@ -93,14 +104,18 @@ def _train_step(name: str, b: int, t: int, hidden: int, rounds: int) -> list[Row
     x = np.random.default_rng(0).standard_normal((b, t, 13)).astype(np.float32)
     make = getattr(L, name)
     fns = {}
-    for impl, vg in (("funcdl (jit, jax.grad)", jax.value_and_grad),
-                     ("same step, gradients by funcdl.tape (jit)", T.value_and_grad)):
+    n = cpu_devices()
+    impls = [("funcdl (jit, jax.grad)", jax.value_and_grad, False),
+             ("same step, gradients by funcdl.tape (jit)", T.value_and_grad, False)]
+    if n > 1 and b % n == 0:
+        impls.append((f"same step, batch split over {n} CPU devices", jax.value_and_grad, True))
+    for impl, vg, split in impls:
         module = make(13, hidden, 2, bidirectional=True, rngs=nnx.Rngs(0))
-        fns[impl] = _stepper(*_funcdl_step(module, vg), jnp.asarray(x))
+        fns[impl] = _stepper(*_funcdl_step(module, vg), jnp.asarray(x), split=split)
     torch.manual_seed(0)
     fns[f"torch (nn.{name} + optim.SGD)"] = _torch_stepper(
-        getattr(torch.nn, name)(13, hidden, 2, batch_first=True, bidirectional=True),
-        torch.from_numpy(x))
+        getattr(torch.nn, name)(13, hidden, 2, batch_first=True, bidirectional=True).to(
+            torch_device()), torch.from_numpy(x).to(torch_device()))
     case = f"train step, 2 layers bidirectional, B={b} T={t} 13->{hidden}"
     return [Row(f"{BENCH}.{name.lower()}_step", case, impl, sec, b / sec, "samples/s")
             for impl, sec in _best(fns, rounds).items()]

@@ -3,7 +3,8 @@
 Cases: the slides' 784-100-50-20-1 ReLU MLP (batch 256; --quick: 64), jitted and eager, and a
 Transformer encoder layer (B=16, T=128, D=256, 8 heads, FF 1024; --quick: B=4, T=32), jitted;
 forward mode (tape.jvp vs jax.jvp on the MLP) and forward vs reverse mode on a wide-input and a
-wide-output Jacobian.
+wide-output Jacobian; the cost of module hooks on a jitted TransformerEncoder training gradient
+(no hook ever registered, a hook registered then removed, an identity forward hook on every layer).
 Every model is written once with funcdl.tape functions; jax.grad differentiates it as plain jnp.
 """
 
@@ -125,6 +126,40 @@ def encoder_rows(batch: int, length: int, repeat: int) -> list[Row]:
             Row("tape.encoder", case, "jax.grad (jit)", t["jax"])]
 
 
+def hook_rows(batch: int, length: int, repeat: int) -> list[Row]:
+    """A 2-layer TransformerEncoder's jitted gradient with and without forward hooks. Hooks run
+    while the step is traced, so an inactive hook system (none registered, or one removed) must
+    compile to the same program, and an identity hook costs nothing at run time either."""
+    from flax import nnx
+
+    from funcdl.layers import TransformerEncoder
+
+    dim, heads, ff = 128, 4, 512
+    x = jax.random.normal(jax.random.key(1), (batch, length, dim))
+
+    def gradient(setup):
+        encoder = TransformerEncoder(2, dim, heads, ff, dropout=0.0, rngs=nnx.Rngs(0))
+        setup(encoder.layers)
+        graphdef, params, rest = nnx.split(encoder, nnx.Param, ...)
+        grad = jax.jit(jax.grad(lambda p: T.mean(nnx.merge(graphdef, p, rest)(x) ** 2)))
+        return lambda: grad(params)
+
+    def removed(stack):
+        stack.register_forward_hook(lambda module, args, out: out).remove()
+
+    def identity(stack):
+        stack.register_forward_hook(lambda module, args, out: out)
+        stack.attention.register_forward_pre_hook(lambda module, args: args)
+
+    t = timed({"none": gradient(lambda stack: None), "removed": gradient(removed),
+               "identity": gradient(identity)}, repeat)
+    case = f"TransformerEncoder 2 layers B={batch} T={length} D={dim}, jax.grad, jitted"
+    return [Row("tape.hooks", case, "funcdl, no hook registered", t["none"]),
+            Row("tape.hooks", case, "a forward hook registered, then removed", t["removed"]),
+            Row("tape.hooks", case, "identity forward (pre-)hooks on every layer",
+                t["identity"])]
+
+
 def mlp_logits(params, x):
     h = x
     for layer in params[:-1]:
@@ -187,4 +222,5 @@ def run(quick: bool = False) -> list[Row]:
     rows += encoder_rows(4 if quick else 16, 32 if quick else 128, repeat)
     rows += jvp_rows(64 if quick else 256, repeat)
     rows += mode_rows(256 if quick else 1024, 4, repeat)
+    rows += hook_rows(4 if quick else 16, 32 if quick else 128, repeat)
     return rows

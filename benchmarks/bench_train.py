@@ -1,16 +1,20 @@
 """Training throughput: ``funcdl.train.fit`` on ``funcdl.layers.TransformerClassifier`` against a
 plain PyTorch loop on the same model shape and data (vocab 1000, T=64, D=128, 2 pre-LN layers,
 4 heads, ff 256, B=32, AdamW, dropout 0.1), and the loop's own overhead: the time ``fit`` spends
-outside the jitted step, as a fraction of the step time. Each side is the best of a few runs.
+outside the jitted step, as a fraction of the step time. ``fit`` also runs with
+``mesh="auto"`` (the batch split over JAX's CPU devices, ``funcdl.cpu_devices``) where there are
+several, and torch also on one thread (a contention check). Each figure is the best of a few
+passes over the same batches, the implementations taking turns.
 """
 
 from __future__ import annotations
 
-import time
+import contextlib
+import os
 
 import numpy as np
 
-from benchmarks.harness import Row, block
+from benchmarks.harness import Row, block, cpu_devices, interleaved, torch_device, torch_one_thread
 
 VOCAB, T, D, HEADS, FF, LAYERS, CLASSES, B = 1000, 64, 128, 4, 256, 2, 4, 32
 
@@ -21,14 +25,14 @@ def _batches(steps: int) -> list[tuple[np.ndarray, np.ndarray]]:
              rng.integers(0, CLASSES, B).astype(np.int32)) for _ in range(steps)]
 
 
-def _funcdl(batches: list, rounds: int) -> tuple[float, float]:
-    """(seconds per step inside fit, seconds per step of the bare jitted step), each the best of
-    ``rounds`` runs taken alternately, so that a slow spell of the shared machine does not land on
-    one side only (one run of each moves by 5-10%, the size of the effect being measured)."""
+def _funcdl(batches: list) -> dict:
+    """No-argument functions, each one pass over ``batches``: ``fit`` (one device, and split over
+    every CPU device where there are several) and the same compiled step driven by the simplest
+    possible loop (the difference is fit's own overhead)."""
     from flax import nnx
 
     from funcdl import layers, optim, tape
-    from funcdl.train import fit, init_state, make_train_step
+    from funcdl.train import fit
 
     def model():
         return layers.TransformerClassifier(VOCAB, CLASSES, D, HEADS, FF, LAYERS, T, dropout=0.1,
@@ -39,33 +43,62 @@ def _funcdl(batches: list, rounds: int) -> tuple[float, float]:
         return tape.cross_entropy(m(ids), y)
 
     opt = optim.adamw(1e-3)
-    fit(model(), opt, batches[:2], loss_fn, epochs=1, progress=False)  # compiles (cached)
-    # the same compiled step, driven by the simplest possible loop over the same batches
+    meshes = {"funcdl fit (jit, XLA CPU)": None}
+    n = cpu_devices()
+    if n > 1 and B % n == 0:
+        meshes[f"fit(mesh='auto'), batch split over {n} CPU devices"] = "auto"
+    fns = {}
+    for name, mesh in meshes.items():
+        fit(model(), opt, batches[:2], loss_fn, epochs=1, progress=False, mesh=mesh)  # compiles
+
+        def run_fit(mesh=mesh):
+            fit(model(), opt, batches, loss_fn, epochs=1, progress=False, mesh=mesh)
+
+        fns[name] = run_fit
+    fns["bare"] = _bare_loop(model, loss_fn, opt, batches)
+    with _unchecked():
+        fns["bare, unchecked"] = _bare_loop(model, loss_fn, opt, batches)
+    return fns
+
+
+def _bare_loop(model, loss_fn, opt, batches: list):
+    """The compiled train step of ``fit`` (compiled here, on the first pass) in a bare loop."""
+    from funcdl.train import init_state, make_train_step
+
     graphdef, state = init_state(model(), opt)
     step = make_train_step(graphdef, loss_fn, opt)
-    for b in batches[:2]:
-        state, loss, _, _ = step(state, b)
-    block(loss)
+    held = [state]
 
-    in_fit, bare = [], []
-    for _ in range(rounds):
-        m = model()
-        t0 = time.perf_counter()
-        fit(m, opt, batches, loss_fn, epochs=1, progress=False)
-        in_fit.append((time.perf_counter() - t0) / len(batches))
-
-        t0 = time.perf_counter()
+    def run():
         for b in batches:
-            state, loss, _, _ = step(state, b)
-        block(loss)
-        bare.append((time.perf_counter() - t0) / len(batches))
-    return min(in_fit), min(bare)
+            held[0], loss, _, _ = step(held[0], b)
+        return loss
+
+    block(run())
+    return run
 
 
-def _torch(batches: list) -> float:
+@contextlib.contextmanager
+def _unchecked():
+    """Steps compiled in this block leave out the checks on token ids and class targets
+    (``funcdl.ops.checks``): the ops' ``require`` records nothing, so XLA drops the min/max
+    reductions and the fault word. Only to measure what those checks cost."""
+    from funcdl.tape import indexing, losses
+
+    saved = indexing.require, losses.require
+    indexing.require = losses.require = lambda failed, value, check: False
+    try:
+        yield
+    finally:
+        indexing.require, losses.require = saved
+
+
+def _torch(batches: list):
+    """One pass of a plain torch training loop over ``batches``."""
     import torch
     from torch import nn
 
+    dev = torch_device()
     torch.manual_seed(0)
 
     class Classifier(nn.Module):
@@ -81,12 +114,13 @@ def _torch(batches: list) -> float:
             self.head = nn.Linear(D, CLASSES)
 
         def forward(self, ids):
-            x = self.drop(self.emb(ids) + self.pos(torch.arange(ids.shape[1])))
+            x = self.drop(self.emb(ids) + self.pos(torch.arange(ids.shape[1], device=ids.device)))
             return self.head(self.encoder(x).mean(1))
 
-    model = Classifier().train()
+    model = Classifier().to(dev).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    data = [(torch.from_numpy(x).long(), torch.from_numpy(y).long()) for x, y in batches]
+    data = [(torch.from_numpy(x).long().to(dev), torch.from_numpy(y).long().to(dev))
+            for x, y in batches]
 
     def step(ids, y):
         opt.zero_grad()
@@ -97,27 +131,40 @@ def _torch(batches: list) -> float:
 
     for ids, y in data[:2]:
         step(ids, y)
-    t0 = time.perf_counter()
-    for ids, y in data:
-        step(ids, y)
-    return (time.perf_counter() - t0) / len(data)
+
+    def run():
+        for ids, y in data:
+            loss = step(ids, y)
+        return loss
+
+    return run
 
 
 def run(quick: bool = False) -> list[Row]:
     import torch
 
-    steps, rounds = (20, 1) if quick else (50, 3)
+    torch.set_num_threads(os.cpu_count() or 1)
+    steps, rounds = (20, 2) if quick else (50, 4)
     batches = _batches(steps)
-    in_fit, bare = _funcdl(batches, rounds)
-    per_torch = min(_torch(batches) for _ in range(rounds))
+    fns = _funcdl(batches)
+    torch_loop = _torch(batches)
+    fns[f"torch loop (eager, AdamW), {torch.get_num_threads()} threads"] = torch_loop
+    fns["torch loop, 1 thread (contention check)"] = torch_one_thread(torch_loop)
+    best = interleaved(fns, rounds, warmup=0, repeat=1, min_seconds=0.0)
+    per_step = {name: sec / steps for name, sec in best.items()}
+    bare, unchecked = per_step.pop("bare"), per_step.pop("bare, unchecked")
+    in_fit = per_step["funcdl fit (jit, XLA CPU)"]
     case = (f"TransformerClassifier B={B} T={T} D={D} L={LAYERS} H={HEADS}, {steps} AdamW steps"
             f" (best of {rounds})")
     overhead = (in_fit - bare) / bare
-    return [
-        Row("train.fit", case, "funcdl fit (jit, XLA CPU)", in_fit, B / in_fit, "samples/s",
-            note=f"{1 / in_fit:.1f} steps/s; loop overhead {overhead:+.1%} of the bare step"),
-        Row("train.fit", case, "torch loop (eager, AdamW)", per_torch, B / per_torch,
-            "samples/s", note=f"{1 / per_torch:.1f} steps/s; {torch.get_num_threads()} threads"),
-        Row("train.step", "bare jitted train step, same model", "funcdl step (jit)", bare,
-            B / bare, "samples/s", note="the same step in a bare `for` loop over the same batches"),
-    ]
+    rows = [Row("train.fit", case, impl, sec, B / sec, "samples/s",
+                note=f"{1 / sec:.1f} steps/s" + (f"; loop overhead {overhead:+.1%} of the bare "
+                                                 "step" if impl.startswith("funcdl") else ""))
+            for impl, sec in per_step.items()]
+    rows.append(Row("train.step", "bare jitted train step, same model", "funcdl step (jit)", bare,
+                    B / bare, "samples/s",
+                    note="the same step in a bare `for` loop over the same batches"))
+    rows.append(Row("train.step", "bare jitted train step, same model",
+                    "same step, id and target checks left out", unchecked, B / unchecked,
+                    "samples/s", note="what funcdl.ops.checks costs a step: ratio - 1"))
+    return rows

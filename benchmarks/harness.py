@@ -9,9 +9,11 @@ faster. Wall-clock numbers are reported, never asserted (machines here are share
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -30,13 +32,26 @@ class Row:
 
 
 def block(x: Any) -> Any:
-    """Wait for JAX results (and pass anything else through)."""
+    """Wait for ``x`` to be computed: JAX arrays (any backend) by ``jax.block_until_ready``, and
+    torch's queued CUDA kernels by ``torch.cuda.synchronize``, so one timing loop measures either
+    library on a CPU or a GPU. Anything else passes through."""
+    torch = sys.modules.get("torch")  # never import torch just to time JAX
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
     try:
         import jax
 
         return jax.block_until_ready(x)
     except ImportError:  # pragma: no cover
         return x
+
+
+def torch_device() -> str:
+    """Where the torch side of a comparison runs: ``"cuda"`` when torch sees a GPU, else
+    ``"cpu"`` (JAX picks its default backend the same way)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def time_fn(fn: Callable[[], Any], *, warmup: int = 2, repeat: int = 7,
@@ -76,7 +91,8 @@ def interleaved(fns: dict[str, Callable[[], Any]], rounds: int, **timing: Any) -
 
 def torch_one_thread(fn: Callable[[], Any]) -> Callable[[], Any]:
     """``fn`` run with torch on one thread: on a shared, oversubscribed machine torch's OpenMP
-    pool can lose far more than XLA's, and a row timed this way shows how much is contention."""
+    pool can lose far more than XLA's, and a row timed this way shows how much is contention.
+    (On a GPU the thread count only affects the host side.)"""
     def run() -> Any:
         import torch
 
@@ -90,6 +106,24 @@ def torch_one_thread(fn: Callable[[], Any]) -> Callable[[], Any]:
     return run
 
 
+def cpu_devices() -> int:
+    """How many devices a data-parallel row splits its batch over: JAX's CPU devices when the
+    default backend is the CPU and there are several (``funcdl.cpu_devices``, which
+    ``python -m benchmarks`` calls first), else 1 (no such row)."""
+    import jax
+
+    return jax.device_count() if jax.default_backend() == "cpu" else 1
+
+
+def data_parallel(state: Any, batch: Any) -> tuple[Any, Any]:
+    """``(state, batch)`` placed as ``fit(..., mesh="auto")`` places them: the state replicated
+    on every device, the batch split along its first axis (``funcdl.train.parallel``)."""
+    from funcdl.train.parallel import Placement, make_mesh
+
+    place = Placement(make_mesh("auto"))
+    return place.replicate(state), place.batch(batch)
+
+
 def add_ratios(rows: list[Row]) -> list[Row]:
     """Set each row's ratio against the funcdl row of the same (bench, case)."""
     ours = {(r.bench, r.case): r.seconds for r in rows if r.impl.startswith("funcdl")}
@@ -99,26 +133,53 @@ def add_ratios(rows: list[Row]) -> list[Row]:
     return rows
 
 
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> dict[str, Any]:
-    """What the figures were measured on."""
+    """What the figures were measured on: the CPU, its cores and load when the run ended, the
+    library versions, JAX's devices (and XLA_FLAGS), torch's threads and device."""
     info: dict[str, Any] = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
+        "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
     }
+    if hasattr(os, "getloadavg"):
+        info["load_avg_1_5_15"] = [round(v, 2) for v in os.getloadavg()]
+    if os.environ.get("XLA_FLAGS"):
+        info["xla_flags"] = os.environ["XLA_FLAGS"]
     try:
         import jax
+        import jaxlib
 
         info["jax"] = jax.__version__
+        info["jaxlib"] = jaxlib.__version__
+        info["jax_backend"] = jax.default_backend()
         info["devices"] = [str(d) for d in jax.devices()]
+        info["device_kind"] = jax.devices()[0].device_kind
     except ImportError:  # pragma: no cover
         pass
+    for name in ("flax", "optax", "numpy"):
+        module = sys.modules.get(name)
+        if module is not None:
+            info[name] = getattr(module, "__version__", "?")
     try:
         import torch
 
         info["torch"] = torch.__version__
         info["torch_threads"] = torch.get_num_threads()
+        info["torch_device"] = (torch.cuda.get_device_name(0) if torch.cuda.is_available()
+                                else "cpu")
     except ImportError:
         pass
     return info
