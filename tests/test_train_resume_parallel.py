@@ -126,7 +126,7 @@ def test_cpu_devices_sets_the_device_count_before_jax_starts_and_refuses_to_chan
                 raise AssertionError(bad)
         print("ok")
     """)
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120, env={**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"},
-                              "JAX_PLATFORMS": "cpu"})
+                         timeout=120, env={**env, "JAX_PLATFORMS": "cpu"})
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
