@@ -4,8 +4,9 @@ NAME is a module suffix: ``ops`` runs ``benchmarks/bench_ops.py``. With no NAME,
 
 Before JAX starts, the suite sets its CPU backend up as a training program would
 (``funcdl.cpu_devices``): one JAX device per core, which the data-parallel rows split their
-batch over (the other rows run on one device, as before), and malloc that reuses XLA's per-step
-buffers. ``--cpu-devices 1`` and ``--no-reuse-memory`` measure without them.
+batch over (the other rows run on one device, as before). ``--cpu-devices 1`` measures without
+them; ``--reuse-memory`` adds ``cpu_devices``' malloc setting (faster for some rows, slower for
+others: it is recorded in the machine info).
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="FILE", help="also write rows and machine info as JSON")
     parser.add_argument("--cpu-devices", type=int, metavar="N",
                         help="JAX CPU devices for the data-parallel rows (default: one per core)")
-    parser.add_argument("--no-reuse-memory", action="store_true",
-                        help="leave malloc as it is (see funcdl.cpu_devices)")
+    parser.add_argument("--reuse-memory", action="store_true",
+                        help="malloc that reuses XLA's buffers (see funcdl.cpu_devices)")
     args = parser.parse_args(argv)
     unknown = [n for n in args.names if n not in names]
     if unknown:
@@ -43,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     import funcdl  # before any module starts JAX
 
     setup = {"cpu_devices": funcdl.cpu_devices(args.cpu_devices,
-                                               reuse_memory=not args.no_reuse_memory),
-             "reuse_memory": not args.no_reuse_memory}
+                                               reuse_memory=args.reuse_memory),
+             "reuse_memory": args.reuse_memory}
     rows = []
     for name in args.names or names:
         module = importlib.import_module(f"benchmarks.bench_{name}")

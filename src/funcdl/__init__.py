@@ -5,7 +5,8 @@ differentiable functions) <- ``layers`` (Flax NNX modules) <- ``optim`` / ``trai
 beside them. Sub-packages are imported lazily so ``import funcdl`` stays cheap.
 
 ``funcdl.cpu_devices(n)``, called first, sets JAX's CPU backend up for training: ``n`` devices for
-data-parallel steps (``fit(..., mesh="auto")``) and malloc that reuses XLA's per-step buffers.
+data-parallel steps (``fit(..., mesh="auto")``) and, on request, malloc that reuses XLA's per-step
+buffers.
 """
 
 import importlib
@@ -15,10 +16,10 @@ _SUBPACKAGES = ("ops", "tape", "layers", "optim", "train", "data")
 __all__ = [*_SUBPACKAGES, "cpu_devices"]
 
 
-def cpu_devices(n: int | None = None, *, reuse_memory: bool = True) -> int:
+def cpu_devices(n: int | None = None, *, reuse_memory: bool = False) -> int:
     """Set JAX's CPU backend up for training before it starts: ``n`` CPU devices (default: one
-    per core) and, unless ``reuse_memory=False``, malloc that reuses freed memory. See
-    ``funcdl.devices.cpu_devices``."""
+    per core) and, with ``reuse_memory=True``, malloc that reuses freed memory (faster or slower
+    by program: measure). See ``funcdl.devices.cpu_devices``."""
     from funcdl.devices import cpu_devices as set_up
 
     return set_up(n, reuse_memory=reuse_memory)

@@ -87,22 +87,24 @@ def _reuse_freed_memory() -> bool:
                ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 1 << 30)))
 
 
-def cpu_devices(n: int | None = None, *, reuse_memory: bool = True) -> int:
+def cpu_devices(n: int | None = None, *, reuse_memory: bool = False) -> int:
     """Set JAX's CPU backend up for training before it starts; returns the device count ``n``.
 
-    - ``n`` CPU devices (default: one per core this process may use): with the batch split over
-      them (``fit(..., mesh="auto")``) each device runs its share of every kernel on its own
-      core, where one device leaves most elementwise kernels on few threads.
-    - ``reuse_memory`` (default): glibc's malloc keeps freed memory for reuse, so XLA's
+    - ``n`` CPU devices (default: one per core this process may use), for data-parallel steps
+      (``fit(..., mesh="auto")`` splits each batch over them).
+    - ``reuse_memory=True``: glibc's malloc keeps freed memory in one arena for reuse, so XLA's
       per-step temporary buffers stop costing fresh pages every step (see
-      ``_reuse_freed_memory``; an encoder-layer training step ran 1.25x faster). Process-wide,
-      and a no-op where the C library is not glibc.
+      ``_reuse_freed_memory``). Measure it on your program before keeping it: on 2 cores it made
+      ``fit`` on ``benchmarks/bench_train.py``'s classifier 1.25-1.55x faster, but
+      ``funcdl demo``'s training 1.5x slower (20 -> 30 s: its loader threads then share one
+      arena). Process-wide, and a no-op where the C library is not glibc.
 
     It sets JAX's ``jax_num_cpu_devices``, which only takes effect before JAX starts its backend
     (and malloc's arenas are set per thread as threads start), so call it first, right after the
-    imports. Calling it again with the count JAX already has is a no-op; any other count once
-    JAX has started is an error. On a machine with an accelerator it changes only the CPU
-    backend (``jax.devices("cpu")``).
+    imports. Once JAX has started, the count it has is accepted (only ``reuse_memory`` then
+    takes effect, partly: threads already running keep their arenas); any other count is an
+    error. On a machine with an accelerator it changes only the CPU backend
+    (``jax.devices("cpu")``).
     """
     if n is None:
         n = _cores()
@@ -112,14 +114,13 @@ def cpu_devices(n: int | None = None, *, reuse_memory: bool = True) -> int:
         jax.config.update("jax_num_cpu_devices", n)
     except RuntimeError:  # JAX's backend is already running
         have = len(jax.devices("cpu"))
-        if have == n:
-            return n
-        raise RuntimeError(
-            f"funcdl.cpu_devices({n}) was called after JAX started its CPU backend with {have} "
-            f"device(s); the count cannot change now. Call funcdl.cpu_devices({n}) at the top of "
-            "the program, right after the imports and before any JAX array is created or any "
-            "computation runs (a new process starts afresh).") from None
-    if reuse_memory:
+        if have != n:
+            raise RuntimeError(
+                f"funcdl.cpu_devices({n}) was called after JAX started its CPU backend with "
+                f"{have} device(s); the count cannot change now. Call funcdl.cpu_devices({n}) at "
+                "the top of the program, right after the imports and before any JAX array is "
+                "created or any computation runs (a new process starts afresh).") from None
+    if reuse_memory:  # late too: malloc's large-block and trim settings are process-wide
         _reuse_freed_memory()
     return n
 
