@@ -96,8 +96,8 @@ def cpu_devices(n: int | None = None, *, reuse_memory: bool = False) -> int:
       per-step temporary buffers stop costing fresh pages every step (see
       ``_reuse_freed_memory``). Measure it on your program before keeping it: on 2 cores it made
       ``fit`` on ``benchmarks/bench_train.py``'s classifier 1.25-1.55x faster, but
-      ``funcdl demo``'s training 1.5x slower (20 -> 30 s: its loader threads then share one
-      arena). Process-wide, and a no-op where the C library is not glibc.
+      ``funcdl demo``'s training 1.5x slower (20 -> 30 s; the single arena is what costs
+      there). Process-wide, and a no-op where the C library is not glibc.
 
     It sets JAX's ``jax_num_cpu_devices``, which only takes effect before JAX starts its backend
     (and malloc's arenas are set per thread as threads start), so call it first, right after the
