@@ -3,7 +3,8 @@ plain PyTorch loop on the same model shape and data (vocab 1000, T=64, D=128, 2 
 4 heads, ff 256, B=32, AdamW, dropout 0.1), and the loop's own overhead: the time ``fit`` spends
 outside the jitted step, as a fraction of the step time. ``fit`` also runs with
 ``mesh="auto"`` (the batch split over JAX's CPU devices, ``funcdl.cpu_devices``) where there are
-several, and torch also on one thread (a contention check). Each figure is the best of a few
+several and with the encoder's layers unrolled (``unroll=True``), and torch also on one thread (a
+contention check). Each figure is the best of a few
 passes over the same batches, the implementations taking turns.
 """
 
@@ -35,24 +36,26 @@ def _funcdl(batches: list, rounds: int) -> dict:
     from funcdl import layers, optim, tape
     from funcdl.train import fit
 
-    def model():
+    def model(unroll: bool = False):
         return layers.TransformerClassifier(VOCAB, CLASSES, D, HEADS, FF, LAYERS, T, dropout=0.1,
-                                            rngs=nnx.Rngs(0))
+                                            unroll=unroll, rngs=nnx.Rngs(0))
 
     def loss_fn(m, batch):
         ids, y = batch
         return tape.cross_entropy(m(ids), y)
 
     opt = optim.adamw(1e-3)
-    meshes = {"funcdl fit (jit, XLA CPU)": None}
+    setups = {"funcdl fit (jit, XLA CPU)": (None, False),
+              "fit, TransformerClassifier(unroll=True)": (None, True)}
     n = cpu_devices()
     if n > 1 and B % n == 0:
-        meshes[f"fit(mesh='auto'), batch split over {n} CPU devices"] = "auto"
+        setups[f"fit(mesh='auto'), batch split over {n} CPU devices"] = ("auto", False)
     fns = {}
-    for name, mesh in meshes.items():
-        fit(model(), opt, batches[:2], loss_fn, epochs=1, progress=False, mesh=mesh)  # compiles
+    for name, (mesh, unroll) in setups.items():
+        fit(model(unroll), opt, batches[:2], loss_fn, epochs=1, progress=False,
+            mesh=mesh)  # compiles
         # built outside the timed passes; time_fn calls it twice a round (sizing, then timed)
-        fresh = [model() for _ in range(2 * rounds)]
+        fresh = [model(unroll) for _ in range(2 * rounds)]
 
         def run_fit(mesh=mesh, fresh=fresh):
             fit(fresh.pop(), opt, batches, loss_fn, epochs=1, progress=False, mesh=mesh)

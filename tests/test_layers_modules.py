@@ -66,6 +66,17 @@ def classifier():
     return m
 
 
+def test_classifier_unroll_gives_the_scanned_classifiers_logits(classifier):
+    """``unroll=True`` reaches the encoder and changes how it runs, not what it computes."""
+    ids = jnp.array([[1, 2, 3, 0, 0, 0], [4, 5, 6, 7, 1, 2]])
+    unrolled = L.TransformerClassifier(vocab_size=8, num_classes=3, embed_dim=D, num_heads=H,
+                                       ff_dim=FF, num_layers=1, max_len=6, unroll=True,
+                                       rngs=nnx.Rngs(0))
+    unrolled.eval()
+    assert unrolled.encoder.unroll and not classifier.encoder.unroll
+    np.testing.assert_allclose(call(unrolled, ids), call(classifier, ids), atol=1e-6)
+
+
 def test_classifier_mean_aggregation_ignores_padding(classifier):
     ids = jnp.array([[1, 2, 3, 0, 0, 0], [4, 5, 6, 7, 1, 2]])
     kpm = jnp.array([[False] * 3 + [True] * 3, [False] * 6])
