@@ -27,10 +27,11 @@ def _batches(steps: int) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def _funcdl(batches: list, rounds: int) -> dict:
-    """No-argument functions, each one pass over ``batches``: ``fit`` (one device, and split over
-    every CPU device where there are several) and the same compiled step driven by the simplest
-    possible loop (the difference is fit's own overhead). Each fit pass trains a fresh model,
-    built beforehand."""
+    """No-argument functions, each one pass over ``batches``: ``fit`` (one device; the same with
+    the encoder's layers unrolled; split over every CPU device where there are several) and the
+    same compiled step driven by the simplest possible loop (the difference is fit's own
+    overhead), with and without the id/target checks. Each fit pass trains a fresh model, built
+    beforehand."""
     from flax import nnx
 
     from funcdl import layers, optim, tape
