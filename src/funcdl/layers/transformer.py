@@ -257,8 +257,9 @@ class TransformerEncoder(Module):
     Tensors flow), so the compiled program holds one layer body and compile time does not grow
     with depth, for ``jax.grad`` and the tape alike. ``unroll=True`` runs the same stacked layers
     in a Python loop instead: the program holds every layer (compile time grows with depth,
-    about 0.7 s a layer for D=256 on 2 cores) and XLA:CPU runs it faster, without the loop's
-    copies and with fusions across layers (the 2-layer ``TransformerClassifier`` of
+    about 0.7 s a layer for D=256 on 2 cores) and XLA:CPU runs it faster, presumably for want
+    of the loop's stacked copies and for fusions across layers (the 2-layer
+    ``TransformerClassifier`` of
     ``benchmarks/bench_train.py`` with dropout 0.1: a training step 1.3x faster, 71 against 97 ms
     on 2 cores). The result is the same either way.
     ``final_norm=True`` adds a LayerNorm at the end
