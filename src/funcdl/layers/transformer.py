@@ -259,13 +259,11 @@ class TransformerEncoder(Module):
     in a Python loop instead: the program holds every layer (compile time grows with depth,
     about 0.7 s a layer for D=256 on 2 cores) and XLA:CPU runs it faster, presumably for want
     of the loop's stacked copies and for fusions across layers (the 2-layer
-    ``TransformerClassifier`` of
-    ``benchmarks/bench_train.py`` with dropout 0.1: a training step 1.3x faster, 71 against 97 ms
-    on 2 cores). The result is the same either way.
-    ``final_norm=True`` adds a LayerNorm at the end
-    (PyTorch's ``norm=`` argument; its default ``None`` matches ``final_norm=False``). The
-    dropout, ``activation`` and ``norm`` options are ``TransformerEncoderLayer``'s (the final
-    norm is of the same kind).
+    ``TransformerClassifier`` of ``benchmarks/bench_train.py`` with dropout 0.1: a training step
+    1.3x faster, 71 against 97 ms on 2 cores). The result is the same either way.
+    ``final_norm=True`` adds a LayerNorm at the end (PyTorch's ``norm=`` argument; its default
+    ``None`` matches ``final_norm=False``). The dropout, ``activation`` and ``norm`` options are
+    ``TransformerEncoderLayer``'s (the final norm is of the same kind).
     """
 
     def __init__(self, num_layers: int, embed_dim: int, num_heads: int, ff_dim: int, *,
