@@ -22,21 +22,6 @@ EXAMPLES = ROOT / "examples"
 NAMES = sorted(p.stem for p in EXAMPLES.glob("*.py") if not p.stem.startswith("_"))
 
 
-@pytest.fixture
-def example(monkeypatch, capsys, tmp_path):
-    """``example(name, *argv) -> stdout`` of ``examples/name.py --out TMP ARGV`` (exit status 0)."""
-    monkeypatch.syspath_prepend(str(EXAMPLES))
-
-    def run(name: str, *argv: str) -> str:
-        module = importlib.import_module(name)
-        code = module.main(["--out", str(tmp_path / name), *argv])
-        out = capsys.readouterr().out
-        assert code == 0, out
-        return out
-
-    return run
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_every_example_has_help_with_smoke_and_out(name, monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(EXAMPLES))

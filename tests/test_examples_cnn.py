@@ -3,18 +3,11 @@ strides_walkthrough.py's unfold section (the rest of the examples: tests/test_ex
 
 from __future__ import annotations
 
-import importlib
-import pathlib
 import re
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-
-def test_cnn_digits_trains_by_jax_grad_and_by_the_tape(monkeypatch, capsys, tmp_path):
-    monkeypatch.syspath_prepend(str(ROOT / "examples"))
-    module = importlib.import_module("cnn_digits")
-    assert module.main(["--smoke", "--out", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
+def test_cnn_digits_trains_by_jax_grad_and_by_the_tape(example, tmp_path):
+    out = example("cnn_digits", "--smoke")
     diff, scale = map(float, re.search(r"max \|difference\| ([-+.e\d]+) over 14 arrays "
                                        r"\(largest gradient ([-+.e\d]+)\)", out).groups())
     assert diff <= 1e-6 * scale, out  # seed 0: 8.9e-08 of 0.40
@@ -22,15 +15,12 @@ def test_cnn_digits_trains_by_jax_grad_and_by_the_tape(monkeypatch, capsys, tmp_
     # smoke: 3 epochs; seed 0 reached 98.3% (jax.grad) and 97.8% (tape); chance is 10%, and the
     # full 30 epochs reach 99.4% each
     assert jax_acc > 0.95 and tape_acc > 0.95, out
-    assert (tmp_path / "jax" / "history.json").exists()
-    assert (tmp_path / "tape" / "history.png").exists()
+    assert (tmp_path / "cnn_digits" / "jax" / "history.json").exists()
+    assert (tmp_path / "cnn_digits" / "tape" / "history.png").exists()
 
 
-def test_strides_walkthrough_shows_a_convolutions_windows(monkeypatch, capsys, tmp_path):
-    monkeypatch.syspath_prepend(str(ROOT / "examples"))
-    module = importlib.import_module("strides_walkthrough")
-    assert module.main(["--out", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
+def test_strides_walkthrough_shows_a_convolutions_windows(example):
+    out = example("strides_walkthrough")
     section = out[out.index("== 4. unfold"):]
     assert "shape (1, 1, 3, 3, 2, 2), strides (16, 16, 4, 1, 4, 1)" in section
     assert "same storage array as x: True" in section

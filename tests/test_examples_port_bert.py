@@ -6,21 +6,14 @@ Its --help is checked with every example's in test_examples.py.
 
 from __future__ import annotations
 
-import importlib
-import pathlib
 import re
 
 import pytest
 
-EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
-
 
 @pytest.mark.slow  # fit compiles a training step per engine
-def test_port_bert_round_trips_through_transformers(monkeypatch, capsys, tmp_path):
-    monkeypatch.syspath_prepend(str(EXAMPLES))
-    module = importlib.import_module("port_bert")
-    assert module.main(["--smoke", "--out", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
+def test_port_bert_round_trips_through_transformers(example, tmp_path):
+    out = example("port_bert", "--smoke")
 
     def number(pattern: str) -> float:
         return float(re.search(pattern + r" ([-+.e\d]+)", out).group(1))
@@ -30,6 +23,6 @@ def test_port_bert_round_trips_through_transformers(monkeypatch, capsys, tmp_pat
     assert number(r"from_pretrained: max \|logits - funcdl's\| =") < 1e-5
     assert re.search(r"grad=jax : train loss [\d.]+ -> [\d.]+, held-out accuracy", out)
     assert re.search(r"grad=tape: train loss [\d.]+ -> [\d.]+, held-out accuracy", out)
-    saved = tmp_path / "bert"
+    saved = tmp_path / "port_bert" / "bert"
     assert {p.name for p in saved.iterdir()} == {"config.json", "model.safetensors",
                                                  "tokenizer.json"}

@@ -5,19 +5,12 @@ plateau scores 100%."""
 
 from __future__ import annotations
 
-import importlib
 import json
-import pathlib
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def test_speech_ctc_smoke_run_learns(monkeypatch, capsys, tmp_path):
-    monkeypatch.syspath_prepend(str(ROOT / "examples"))
-    module = importlib.import_module("speech_ctc")
-    assert module.main(["--smoke", "--out", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
-    result = json.loads((tmp_path / "result.json").read_text())
+def test_speech_ctc_smoke_run_learns(example, tmp_path):
+    out = example("speech_ctc", "--smoke")
+    result = json.loads((tmp_path / "speech_ctc" / "result.json").read_text())
     assert result["baseline_per"] > 0.9
     assert result["greedy_per"] < 0.35 and result["beam_per"] < 0.35, result
     assert "phoneme error rate, beam search" in out and "ref  " in out
