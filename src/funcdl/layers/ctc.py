@@ -149,7 +149,7 @@ class CTCBeamDecoder:
                         _extend(nxt, prefix + (c,), 1, total + p, times + (t,))
             ranked = sorted(nxt.items(), key=lambda kv: -_logaddexp(kv[1][0], kv[1][1]))
             beams = dict(ranked[:self.beam_width])
-        ranked = sorted(beams.items(), key=lambda kv: -_logaddexp(kv[1][0], kv[1][1]))
+        ranked = list(beams.items())  # best first already (each step keeps them sorted)
         return [(prefix, times, _logaddexp(pb, pnb)) for prefix, (pb, pnb, times) in ranked]
 
 

@@ -136,8 +136,7 @@ class _Recurrent(Module):
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.bidirectional = bias, batch_first, bidirectional
         self.proj_size = proj_size
-        directions = 2 if bidirectional else 1
-        out = proj_size or hidden_size
+        directions, out = self.directions, proj_size or hidden_size
         self.cells = nnx.List([
             _Weights(input_size if k == 0 else directions * out, hidden_size,
                      _GATES[self.mode], bias=bias, proj_size=proj_size, dtype=dtype, rngs=rngs)

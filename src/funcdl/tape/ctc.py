@@ -68,7 +68,7 @@ class _Alignment:
                  n_classes: int, frames: int) -> None:
         n, s = targets.shape
         self.frames, self.n_classes = frames, n_classes
-        self.input_lengths, self.target_lengths = input_lengths, target_lengths
+        self.input_lengths = input_lengths
         states = 2 * s + 1
         pos = jnp.arange(states)
         label = jnp.take_along_axis(targets, jnp.clip((pos - 1) // 2, 0, max(s - 1, 0))[None]
@@ -187,7 +187,7 @@ def ctc_loss(log_probs: Any, targets: Any, input_lengths: Any, target_lengths: A
     _check_lengths(lengths[1], "target_lengths", 0, None)
     padded = _padded_targets(targets, lengths[1], n, n_classes)
     a = _Alignment(padded, lengths[0], lengths[1], blank, n_classes, frames)
-    weights = _weights(reduction, lengths[1], n)
+    weights = _mean_weights(lengths[1], n)
     cache: dict[str, Any] = {}
 
     def nll(lp: Any) -> Any:
@@ -277,6 +277,6 @@ def _padded_targets(targets: Any, target_lengths: Any, n: int, n_classes: int) -
     return jnp.where(used, t, 0).astype(jnp.int32)
 
 
-def _weights(reduction: str, target_lengths: Any, n: int) -> Any:
+def _mean_weights(target_lengths: Any, n: int) -> Any:
     """Per-sample factors of the "mean" reduction: 1 / (N * max(target length, 1))."""
     return 1.0 / (n * jnp.maximum(target_lengths, 1).astype(jnp.float32))

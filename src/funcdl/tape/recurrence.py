@@ -177,14 +177,10 @@ def _paused() -> Iterator[None]:
 # --------------------------------------------------------------------------- the body
 
 
-def _data(x: Any) -> Any:
-    return x.data if isinstance(x, Tensor) else x
-
-
 def _is_float(x: Any) -> bool:
-    dtype = getattr(_data(x), "dtype", None)
+    dtype = getattr(constant(x), "dtype", None)
     if dtype is None:
-        dtype = jnp.result_type(_data(x))
+        dtype = jnp.result_type(constant(x))
     return jnp.issubdtype(dtype, jnp.floating)
 
 
@@ -263,10 +259,10 @@ def _tape_scan(body: _Body, length: int | None, reverse: bool) -> tuple[Any, Any
         with _isolated(), _pushed(scope):
             c_out, y = body.call(_step_values(c, body.carry_float, scope, _plain_step),
                                  _step_values(x, body.x_float, scope, _plain_step))
-        return [_data(v) for v in c_out], ([_data(v) for v in y], scope.saved,
+        return [constant(v) for v in c_out], ([constant(v) for v in y], scope.saved,
                                            c if record else [])
 
-    init, xs = [_data(v) for v in body.init], [_data(v) for v in body.xs]
+    init, xs = [constant(v) for v in body.init], [constant(v) for v in body.xs]
     carry, (ys, saved, carries) = jax.lax.scan(step, init, xs, length=length, reverse=reverse)
     outs = list(carry) + list(ys)
     floats = [i for i, v in enumerate(outs) if _is_float(v)]
@@ -334,16 +330,16 @@ class _Node:
         g_c, g_y = pieces[:n_c], pieces[n_c:]
         graph = isinstance(g, Tensor) or any(isinstance(v, Tensor) for v in inputs)
         vjp = _VjpStep(body, self.closures, needs_x)
-        acc = [jnp.zeros_like(_data(w)) for w in self.closures]
+        acc = [jnp.zeros_like(constant(w)) for w in self.closures]
         if graph:  # create_graph: a recorded scan, itself differentiable
             carries = self._recomputed_carries(init, xs)
             (d_init, d_w), d_xs = scan(vjp, (g_c, acc), (carries, xs, g_y, None),
                                        length=self.length, reverse=not self.reverse)
         else:
-            xs_data = [_data(v) for v in xs]
+            xs_data = [constant(v) for v in xs]
             (d_init, d_w), d_xs = jax.lax.scan(
-                vjp, ([_data(v) for v in g_c], acc),
-                (self.carries, xs_data, [_data(v) for v in g_y], self.saved),
+                vjp, ([constant(v) for v in g_c], acc),
+                (self.carries, xs_data, [constant(v) for v in g_y], self.saved),
                 length=self.length, reverse=not self.reverse)
         d_init, d_xs = iter(d_init), iter(d_xs)
         grads = [next(d_init) if fl else None for fl in body.carry_float]
@@ -368,7 +364,7 @@ class _Node:
 
         def tangent_of(v: Any) -> Any:
             t = tangent_at(v, level)
-            return jnp.zeros_like(_data(v)) if t is None else constant(t)
+            return jnp.zeros_like(constant(v)) if t is None else constant(t)
 
         def step(carry: tuple, x: tuple) -> tuple:
             (c, tc), (xv, tx) = carry, x
@@ -377,11 +373,11 @@ class _Node:
                 c_out, y = body.call(
                     _step_values(c, body.carry_float, scope, lambda v, i: _dual(v, tc[i], level)),
                     _step_values(xv, body.x_float, scope, lambda v, i: _dual(v, tx[i], level)))
-            return ([_data(v) for v in c_out], [tangent_of(v) for v in c_out]), \
+            return ([constant(v) for v in c_out], [tangent_of(v) for v in c_out]), \
                 [tangent_of(v) for v in y]
 
-        start = ([_data(v) for v in body.init], [tangent_of(v) for v in body.init])
-        xs = ([_data(v) for v in body.xs], [tangent_of(v) for v in body.xs])
+        start = ([constant(v) for v in body.init], [tangent_of(v) for v in body.init])
+        xs = ([constant(v) for v in body.xs], [tangent_of(v) for v in body.xs])
         (_, t_carry), t_ys = jax.lax.scan(step, start, xs, length=self.length,
                                           reverse=self.reverse)
         outs = list(t_carry) + list(t_ys)
@@ -419,9 +415,9 @@ class _VjpStep:
         tapes = _TAPES.get() + (private,) if graph else (private,)
         with _isolated(tapes, grad=True, level=level if create else None):
             with _paused():
-                c_src = [_source(v, graph) if fl else _data(v)
+                c_src = [_source(v, graph) if fl else constant(v)
                          for v, fl in zip(c_t, body.carry_float)]
-                x_src = [_source(v, graph, need) if fl else _data(v)
+                x_src = [_source(v, graph, need) if fl else constant(v)
                          for v, fl, need in zip(x_t, body.x_float, self.needs_x)]
                 w_src = [_source(w, graph) for w in closures]
             own = Scope(stand_in={id(w): s for w, s in zip(closures, w_src)})
@@ -461,7 +457,7 @@ def _source(v: Any, graph: bool, need: bool = True) -> Tensor:
     scopes = _SCOPES.get()
     if scopes:  # the enclosing body uses v: a closure of its scan when v requires grad
         scopes[-1].see([v])
-    t = Tensor(_data(v), requires_grad=need)
+    t = Tensor(constant(v), requires_grad=need)
     if isinstance(v, Tensor):
         t._tangent = v._tangent
     return t
