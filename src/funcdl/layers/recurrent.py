@@ -309,14 +309,18 @@ def _example(cls: type, **kwargs: Any) -> Any:
         sample(2, 5, 3))
 
 
-def _declare(cls_name: str, **example: Any) -> Any:
-    return torch_layer(f"torch.nn.{cls_name}", keys=lambda m: m.torch_keys(),
-                       example=lambda torch: _example(_CLASSES[cls_name], **example)(torch),
-                       from_torch=lambda t, b: _from_torch(_CLASSES[cls_name])(t, b),
-                       to_torch=_to_torch)
+def _declare(**example: Any) -> Any:
+    """``@torch_layer`` for a recurrent class: torch's class of the same name, with ``example``'s
+    extra arguments in its declared example."""
+    def declare(cls: type) -> type:
+        return torch_layer(f"torch.nn.{cls.__name__}", keys=lambda m: m.torch_keys(),
+                           example=_example(cls, **example), from_torch=_from_torch(cls),
+                           to_torch=_to_torch)(cls)
+
+    return declare
 
 
-@_declare("RNN", nonlinearity="relu")
+@_declare(nonlinearity="relu")
 class RNN(_Recurrent):
     """``torch.nn.RNN``: h' = tanh(x W_ih + b_ih + h W_hh + b_hh) (or relu), stacked
     ``num_layers`` deep, optionally bidirectional. ``rnn(x, h0=None, *, lengths=None) ->
@@ -332,7 +336,7 @@ class RNN(_Recurrent):
         super().__init__(input_size, hidden_size, num_layers, **kwargs)
 
 
-@_declare("LSTM", proj_size=2)
+@_declare(proj_size=2)
 class LSTM(_Recurrent):
     """``torch.nn.LSTM`` (gates i, f, g, o; ``proj_size`` projects h). Takes and returns the
     state as ``(h, c)``: ``lstm(x, (h0, c0)=None, *, lengths=None) -> (output, (h_n, c_n))``."""
@@ -340,15 +344,13 @@ class LSTM(_Recurrent):
     mode = "LSTM"
 
 
-@_declare("GRU")
+@_declare()
 class GRU(_Recurrent):
     """``torch.nn.GRU`` (gates r, z, n; n = tanh(x W_in + b_in + r * (h W_hn + b_hn)),
     h' = (1 - z) n + z h)."""
 
     mode = "GRU"
 
-
-_CLASSES = {"RNN": RNN, "LSTM": LSTM, "GRU": GRU}
 
 
 # --------------------------------------------------------------------------- cells
@@ -404,21 +406,28 @@ def _cell_example(cls: type, **kwargs: Any) -> Any:
                                  getattr(torch.nn, cls.__name__)(3, 4, **kwargs), sample(2, 3))
 
 
-def _declare_cell(name: str, **example: Any) -> Any:
-    def from_torch(t: Any, b: Build) -> _Cell:
-        extra = {"nonlinearity": t.nonlinearity} if name == "RNNCell" else {}
-        return _CELLS[name](t.input_size, t.hidden_size, t.bias, rngs=b.rngs, **extra)
+def _declare_cell(**example: Any) -> Any:
+    """``@torch_layer`` for a cell class: torch's class of the same name, with ``example``'s
+    extra arguments in its declared example."""
+    def declare(cls: type) -> type:
+        name = cls.__name__
 
-    def to_torch(m: _Cell, b: Build) -> Any:
-        extra = {"nonlinearity": m.nonlinearity} if name == "RNNCell" else {}
-        return getattr(b.torch.nn, name)(m.input_size, m.hidden_size, m.bias, **extra)
+        def from_torch(t: Any, b: Build) -> _Cell:
+            extra = {"nonlinearity": t.nonlinearity} if name == "RNNCell" else {}
+            return cls(t.input_size, t.hidden_size, t.bias, rngs=b.rngs, **extra)
 
-    return torch_layer(f"torch.nn.{name}", keys=lambda m: m.named(),
-                       example=lambda torch: _cell_example(_CELLS[name], **example)(torch),
-                       from_torch=from_torch, to_torch=to_torch)
+        def to_torch(m: _Cell, b: Build) -> Any:
+            extra = {"nonlinearity": m.nonlinearity} if name == "RNNCell" else {}
+            return getattr(b.torch.nn, name)(m.input_size, m.hidden_size, m.bias, **extra)
+
+        return torch_layer(f"torch.nn.{name}", keys=lambda m: m.named(),
+                           example=_cell_example(cls, **example), from_torch=from_torch,
+                           to_torch=to_torch)(cls)
+
+    return declare
 
 
-@_declare_cell("RNNCell", nonlinearity="tanh")
+@_declare_cell(nonlinearity="tanh")
 class RNNCell(_Cell):
     """``torch.nn.RNNCell``: ``cell(x, h=None) -> h'``."""
 
@@ -431,7 +440,7 @@ class RNNCell(_Cell):
         super().__init__(input_size, hidden_size, bias, dtype=dtype, rngs=rngs)
 
 
-@_declare_cell("LSTMCell")
+@_declare_cell()
 class LSTMCell(_Cell):
     """``torch.nn.LSTMCell``: ``cell(x, (h, c)=None) -> (h', c')``."""
 
@@ -443,11 +452,8 @@ class LSTMCell(_Cell):
         return (h, c) if batched else (F.squeeze(h, 0), F.squeeze(c, 0))
 
 
-@_declare_cell("GRUCell")
+@_declare_cell()
 class GRUCell(_Cell):
     """``torch.nn.GRUCell``: ``cell(x, h=None) -> h'``."""
 
     mode = "GRU"
-
-
-_CELLS = {"RNNCell": RNNCell, "LSTMCell": LSTMCell, "GRUCell": GRUCell}
