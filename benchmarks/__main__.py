@@ -5,8 +5,8 @@ NAME is a module suffix: ``ops`` runs ``benchmarks/bench_ops.py``. With no NAME,
 Before JAX starts, the suite sets its CPU backend up as a training program would
 (``funcdl.cpu_devices``): one JAX device per core, which the data-parallel rows split their
 batch over (the other rows run on one device, as before). ``--cpu-devices 1`` measures without
-them; ``--reuse-memory`` adds ``cpu_devices``' malloc setting (faster for some rows, slower for
-others: it is recorded in the machine info).
+them; ``--reuse-memory`` adds ``cpu_devices``' memory reuse (faster jitted steps, slower eager
+rows: it is recorded in the machine info).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-devices", type=int, metavar="N",
                         help="JAX CPU devices for the data-parallel rows (default: one per core)")
     parser.add_argument("--reuse-memory", action="store_true",
-                        help="malloc that reuses XLA's buffers (see funcdl.cpu_devices)")
+                        help="reuse XLA's per-step buffers (see funcdl.cpu_devices)")
     args = parser.parse_args(argv)
     unknown = [n for n in args.names if n not in names]
     if unknown:

@@ -10,6 +10,7 @@ code.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import jax
@@ -53,6 +54,13 @@ def place(x: Any, target: Sharding | jax.Device, *, process_local: bool = False)
     return jax.make_array_from_process_local_data(sharding, host, global_shape)
 
 
+def _backend_started() -> bool:
+    """Whether JAX has started its backends (after which their settings are fixed)."""
+    from jax._src import xla_bridge  # JAX has no public way to ask
+
+    return getattr(xla_bridge, "backends_are_initialized", lambda: False)()
+
+
 def _cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -61,30 +69,42 @@ def _cores() -> int:
 
 
 # glibc's mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_memory_reused = False  # set once reuse_memory took effect in this process
 
 
-def _reuse_freed_memory() -> bool:
-    """Make glibc's malloc keep freed memory for reuse; False where the C library is not glibc.
-
-    XLA:CPU allocates a program's temporary buffer (tens of MB for a training step) on every
-    execution, from the executing thread. A block that large, in a thread's arena, glibc always
-    maps fresh with ``mmap`` and unmaps on free, so every step touches new pages: an encoder
-    layer's step (B=16, T=128, D=256) took 19,000 page faults and ~40 ms of kernel time per
-    step. One arena, no ``mmap`` for large blocks and no trimming make the step reuse the same
-    memory (under 600 faults a step). The process keeps its peak heap instead of returning it.
-    """
+def _keep_freed_memory() -> bool:
+    """Make glibc's malloc serve large blocks from the heap and keep freed memory there; False
+    where the C library is not glibc (other C libraries number mallopt's parameters
+    differently, or lack it)."""
     import ctypes
     import ctypes.util
 
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c"))
-        # glibc only: other C libraries number mallopt's parameters differently, or lack it
         mallopt, _ = libc.mallopt, libc.gnu_get_libc_version
     except (OSError, TypeError, AttributeError):
         return False
-    return all(mallopt(param, value) == 1 for param, value in
-               ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 1 << 30)))
+    return all(mallopt(param, value) == 1
+               for param, value in ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 1 << 30)))
+
+
+def _reuse_memory() -> bool:
+    """Run XLA:CPU programs on the calling thread and keep freed memory for reuse.
+
+    XLA:CPU allocates a program's temporary buffer (tens of MB for a training step) on every
+    execution. By default it executes (and allocates) on a worker thread, whose malloc arena
+    glibc maps such a block for with ``mmap`` and unmaps on free: every step touches fresh pages
+    (an encoder layer's step, B=16 T=128 D=256: 19,000 page faults and ~30 ms of a ~100 ms
+    step). Executed on the calling thread (``jax_cpu_enable_async_dispatch`` off), the block
+    comes from the main heap, which keeps freed memory once ``mmap`` and trimming are off: under
+    1,000 faults a step. The process keeps its peak heap instead of returning it, and Python no
+    longer runs ahead of the device, which costs op-by-op (eager) code ~25 us an op.
+    """
+    if not _keep_freed_memory():
+        return False
+    jax.config.update("jax_cpu_enable_async_dispatch", False)
+    return True
 
 
 def cpu_devices(n: int | None = None, *, reuse_memory: bool = False) -> int:
@@ -92,36 +112,43 @@ def cpu_devices(n: int | None = None, *, reuse_memory: bool = False) -> int:
 
     - ``n`` CPU devices (default: one per core this process may use), for data-parallel steps
       (``fit(..., mesh="auto")`` splits each batch over them).
-    - ``reuse_memory=True``: glibc's malloc keeps freed memory in one arena for reuse, so XLA's
-      per-step temporary buffers stop costing fresh pages every step (see
-      ``_reuse_freed_memory``). Measure it on your program before keeping it: on 2 cores it made
-      ``fit`` on ``benchmarks/bench_train.py``'s classifier 1.25-1.55x faster, but
-      ``funcdl demo``'s training 1.5x slower (20 -> 30 s; the single arena is what costs
-      there). Process-wide, and a no-op where the C library is not glibc.
+    - ``reuse_memory=True``: each program runs on the calling thread and glibc's malloc keeps
+      freed memory, so XLA's per-step temporary buffers stop costing fresh pages every step (see
+      ``_reuse_memory``). For jitted training: on 2 cores it made the encoder-layer step and
+      ``fit`` on ``benchmarks/bench_train.py``'s classifier ~1.4x faster, and left
+      ``funcdl demo`` as fast. Not for op-by-op code: the eager tape's MLP gradient took 1.6x as
+      long (Python can no longer run ahead of the device). Process-wide, and a no-op (it
+      returns ``n`` all the same) where the C library is not glibc.
 
-    It sets JAX's ``jax_num_cpu_devices``, which only takes effect before JAX starts its backend
-    (and malloc's arenas are set per thread as threads start), so call it first, right after the
-    imports. Once JAX has started, the count it has is accepted (only ``reuse_memory`` then
-    takes effect, partly: threads already running keep their arenas); any other count is an
+    Both settings take effect only before JAX starts its backend, so call it first, right after
+    the imports. Once JAX has started, the count it has is accepted (and ``reuse_memory``, if
+    not already on, is refused with a warning: it could only half apply); any other count is an
     error. On a machine with an accelerator it changes only the CPU backend
     (``jax.devices("cpu")``).
     """
+    global _memory_reused
     if n is None:
         n = _cores()
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"cpu_devices needs a positive number of devices, got {n!r}")
+    started = _backend_started()
     try:
         jax.config.update("jax_num_cpu_devices", n)
-    except RuntimeError:  # JAX's backend is already running
+    except RuntimeError:  # JAX's backend is already running, with another count
         have = len(jax.devices("cpu"))
-        if have != n:
-            raise RuntimeError(
-                f"funcdl.cpu_devices({n}) was called after JAX started its CPU backend with "
-                f"{have} device(s); the count cannot change now. Call funcdl.cpu_devices({n}) at "
-                "the top of the program, right after the imports and before any JAX array is "
-                "created or any computation runs (a new process starts afresh).") from None
-    if reuse_memory:  # late too: malloc's large-block and trim settings are process-wide
-        _reuse_freed_memory()
+        raise RuntimeError(
+            f"funcdl.cpu_devices({n}) was called after JAX started its CPU backend with "
+            f"{have} device(s); the count cannot change now. Call funcdl.cpu_devices({n}) at "
+            "the top of the program, right after the imports and before any JAX array is "
+            "created or any computation runs (a new process starts afresh).") from None
+    if reuse_memory and not _memory_reused:
+        if started:
+            warnings.warn(
+                "funcdl.cpu_devices(reuse_memory=True) was called after JAX started its CPU "
+                "backend, so it changes nothing: call it at the top of the program, before any "
+                "JAX array is created", RuntimeWarning, stacklevel=3)  # funcdl.cpu_devices' caller
+        else:
+            _memory_reused = _reuse_memory()
     return n
 
 
