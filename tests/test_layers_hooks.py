@@ -166,7 +166,8 @@ def test_attention_maps_and_gradient_norms_of_a_scanned_encoder_in_one_step(engi
     every layer's output-gradient norm by backward hooks, through the encoder's scan and jit."""
     from funcdl import layers
 
-    model = layers.TransformerClassifier(20, 3, 16, 2, 32, 2, 8, dropout=0.0, rngs=nnx.Rngs(0))
+    model = layers.TransformerClassifier(20, 3, 16, 2, 32, 2, 8, dropout=0.0, unroll=False,
+                                         rngs=nnx.Rngs(0))
     stack, maps, norms = model.encoder.layers, [], []
 
     def data(x):

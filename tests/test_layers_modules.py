@@ -31,8 +31,9 @@ def test_dropout_train_eval_and_fresh_masks_each_call():
     np.testing.assert_array_equal(drop(x), x)
 
 
-def test_model_train_eval_switch_every_dropout():
-    enc = L.TransformerEncoder(2, D, H, FF, dropout=0.5, rngs=nnx.Rngs(0))
+@pytest.mark.parametrize("unroll", [False, True])
+def test_model_train_eval_switch_every_dropout(unroll):
+    enc = L.TransformerEncoder(2, D, H, FF, dropout=0.5, unroll=unroll, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(1), (2, 5, D))
     enc.eval()
     assert all(m.deterministic for _, m in nnx.iter_modules(enc) if isinstance(m, L.Dropout))
@@ -40,12 +41,12 @@ def test_model_train_eval_switch_every_dropout():
     enc.train()
     count = jnp.sum(jax.tree.leaves(nnx.state(enc, nnx.RngCount))[0])
     y1, y2 = call(enc, x), call(enc, x)
-    assert not np.allclose(y1, y2)  # the scanned layers hand their advanced rng counts back
+    assert not np.allclose(y1, y2)  # the layers (scanned too) hand their advanced rng counts back
     assert jnp.sum(jax.tree.leaves(nnx.state(enc, nnx.RngCount))[0]) > count
 
 
 def test_scanned_encoder_equals_its_layers_applied_in_turn():
-    enc = L.TransformerEncoder(3, D, H, FF, norm_first=False, rngs=nnx.Rngs(2))
+    enc = L.TransformerEncoder(3, D, H, FF, norm_first=False, unroll=False, rngs=nnx.Rngs(2))
     enc.eval()
     x = jax.random.normal(jax.random.key(3), (2, 5, D))
     kpm = jnp.array([[False] * 5, [False, False, True, True, True]])
@@ -67,14 +68,17 @@ def classifier():
 
 
 def test_classifier_unroll_gives_the_scanned_classifiers_logits(classifier):
-    """``unroll=True`` reaches the encoder and changes how it runs, not what it computes."""
+    """``unroll`` reaches the encoder and changes how it runs, not what it computes; by default
+    a stack of up to 4 layers is unrolled, a deeper one scanned."""
     ids = jnp.array([[1, 2, 3, 0, 0, 0], [4, 5, 6, 7, 1, 2]])
-    unrolled = L.TransformerClassifier(vocab_size=8, num_classes=3, embed_dim=D, num_heads=H,
-                                       ff_dim=FF, num_layers=1, max_len=6, unroll=True,
-                                       rngs=nnx.Rngs(0))
-    unrolled.eval()
-    assert unrolled.encoder.unroll and not classifier.encoder.unroll
-    np.testing.assert_allclose(call(unrolled, ids), call(classifier, ids), atol=1e-6)
+    scanned = L.TransformerClassifier(vocab_size=8, num_classes=3, embed_dim=D, num_heads=H,
+                                      ff_dim=FF, num_layers=1, max_len=6, unroll=False,
+                                      rngs=nnx.Rngs(0))
+    scanned.eval()
+    assert classifier.encoder.unroll and not scanned.encoder.unroll
+    np.testing.assert_allclose(call(scanned, ids), call(classifier, ids), atol=1e-6)
+    assert [L.TransformerEncoder(n, D, H, FF, rngs=nnx.Rngs(0)).unroll for n in (4, 5)] == [
+        True, False]
 
 
 def test_classifier_mean_aggregation_ignores_padding(classifier):

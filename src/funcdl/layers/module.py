@@ -14,9 +14,9 @@ removing a hook changes the graphdef, so the next jitted call compiles again. Ch
 arrays only: a restored run has the hooks of the module it was restored into.
 
 One difference from torch: with the tape, a module inside a `funcdl.tape.scan` body (the layers
-of a `TransformerEncoder`) has its forward hooks fire again, with the same values, when the scan
-is differentiated, because the backward pass runs the body once more, last step first (replaying
-the values the forward saved). With ``jax.grad`` they fire once per step, as in torch.
+of a scanned `TransformerEncoder`) has its forward hooks fire again, with the same values, when
+the scan is differentiated, because the backward pass runs the body once more, last step first
+(replaying the values the forward saved). With ``jax.grad`` they fire once per step, as in torch.
 """
 
 from __future__ import annotations

@@ -234,12 +234,15 @@ def _row(v, i: int):
     return F.getitem(v, i) if isinstance(v, F.Tensor) else v[i]
 
 
+UNROLL_UP_TO = 4  # TransformerEncoder's default: unroll stacks this deep, scan deeper ones
+
+
 @torch_layer(
     "torch.nn.TransformerEncoder",
     keys=lambda m: {**{f"layers.{i}": Row(m.layers, i) for i in range(m.num_layers)},
                     "norm": m.norm},
     example=lambda torch: Example(
-        TransformerEncoder(2, 8, 2, 16, final_norm=True, rngs=nnx.Rngs(0)),
+        TransformerEncoder(2, 8, 2, 16, final_norm=True, unroll=False, rngs=nnx.Rngs(0)),
         torch.nn.TransformerEncoder(
             torch.nn.TransformerEncoderLayer(8, 2, 16, activation="gelu", batch_first=True,
                                              norm_first=True),
@@ -252,15 +255,16 @@ class TransformerEncoder(Module):
     """``num_layers`` identical ``TransformerEncoderLayer``s with stacked parameters.
 
     ``self.layers`` is one ``TransformerEncoderLayer`` whose every parameter has a leading
-    ``num_layers`` axis. The forward pass runs the layers with
-    ``funcdl.tape.scan`` over that axis (``jax.lax.scan`` on arrays; one recorded node when tape
-    Tensors flow), so the compiled program holds one layer body and compile time does not grow
-    with depth, for ``jax.grad`` and the tape alike. ``unroll=True`` runs the same stacked layers
-    in a Python loop instead: the program holds every layer (compile time grows with depth,
-    about 0.7 s a layer for D=256 on 2 cores) and XLA:CPU runs it faster, presumably for want
-    of the loop's stacked copies and for fusions across layers (the 2-layer
-    ``TransformerClassifier`` of ``benchmarks/bench_train.py`` with dropout 0.1: a training step
-    1.3x faster, 71 against 97 ms on 2 cores). The result is the same either way.
+    ``num_layers`` axis. ``unroll=False`` runs the layers with ``funcdl.tape.scan`` over that
+    axis (``jax.lax.scan`` on arrays; one recorded node when tape Tensors flow), so the compiled
+    program holds one layer body and compile time does not grow with depth, for ``jax.grad`` and
+    the tape alike. ``unroll=True`` runs the same stacked layers in a Python loop: the program
+    holds every layer (compile time grows with depth, about 0.7 s a layer for D=256 on 2 cores)
+    and XLA:CPU runs it faster, presumably for want of the loop's stacked copies and for fusions
+    across layers (the 2-layer ``TransformerClassifier`` of ``benchmarks/bench_train.py`` with
+    dropout 0.1: a training step 1.3x faster, 72 against 91 ms on 2 cores). The default,
+    ``unroll=None``, unrolls stacks of up to ``UNROLL_UP_TO`` (4) layers, where that costs at
+    most ~1 s of compile time, and scans deeper ones. The result is the same either way.
     ``final_norm=True`` adds a LayerNorm at the end (PyTorch's ``norm=`` argument; its default
     ``None`` matches ``final_norm=False``). The dropout, ``activation`` and ``norm`` options are
     ``TransformerEncoderLayer``'s (the final norm is of the same kind).
@@ -270,11 +274,11 @@ class TransformerEncoder(Module):
                  dropout: float = 0.1, activation: str = "gelu", norm_first: bool = True,
                  layer_norm_eps: float = 1e-5, final_norm: bool = False,
                  attention_dropout: float | None = None, activation_dropout: float | None = None,
-                 norm: str = "layernorm", unroll: bool = False, rngs: nnx.Rngs):
+                 norm: str = "layernorm", unroll: bool | None = None, rngs: nnx.Rngs):
         check_positive(num_layers=num_layers)
         self.num_layers = num_layers
         self.embed_dim = embed_dim
-        self.unroll = bool(unroll)
+        self.unroll = num_layers <= UNROLL_UP_TO if unroll is None else bool(unroll)
 
         layers = [
             TransformerEncoderLayer(
@@ -327,8 +331,8 @@ class TransformerClassifier(Module):
     have length ``max_len``). The decoder is ``MLP((agg_dim, *decoder_hidden_sizes, num_classes),
     decoder_activation)``; ``output_activation`` None returns logits, or "softmax",
     "log_softmax", "sigmoid" as the notebook's ``decoder_output_activation``.
-    ``unroll=True`` runs the encoder's layers in a Python loop (see ``TransformerEncoder``:
-    faster steps for a few layers, compile time growing with depth).
+    ``unroll`` is the encoder's: by default its layers run in a Python loop up to 4 layers
+    (faster steps) and in a scan beyond (compile time flat in depth); see ``TransformerEncoder``.
     ``m(ids, key_padding_mask=None)`` with ``ids (B, T)`` int -> ``(B, num_classes)``.
     """
 
@@ -337,7 +341,7 @@ class TransformerClassifier(Module):
                  dropout: float = 0.1, decoder_hidden_sizes: Sequence[int] = (),
                  decoder_activation: str = "relu", output_activation: str | None = None,
                  activation: str = "gelu", norm_first: bool = True,
-                 positional: str = "learned", unroll: bool = False, rngs: nnx.Rngs):
+                 positional: str = "learned", unroll: bool | None = None, rngs: nnx.Rngs):
         check_positive(vocab_size=vocab_size, num_classes=num_classes, max_len=max_len)
         if aggregation not in ("mean", "first", "flatten"):
             raise ValueError(
