@@ -3,9 +3,9 @@ plain PyTorch loop on the same model shape and data (vocab 1000, T=64, D=128, 2 
 4 heads, ff 256, B=32, AdamW, dropout 0.1), and the loop's own overhead: the time ``fit`` spends
 outside the jitted step, as a fraction of the step time. ``fit`` also runs with
 ``mesh="auto"`` (the batch split over JAX's CPU devices, ``funcdl.cpu_devices``) where there are
-several and with the encoder's layers unrolled (``unroll=True``), and torch also on one thread (a
-contention check). Each figure is the best of a few
-passes over the same batches, the implementations taking turns.
+several and with the encoder's layers scanned (``unroll=False``; by default a 2-layer encoder
+runs them unrolled), and torch also on one thread (a contention check). Each figure is the best
+of a few passes over the same batches, the implementations taking turns.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def _batches(steps: int) -> list[tuple[np.ndarray, np.ndarray]]:
 
 def _funcdl(batches: list, rounds: int) -> dict:
     """No-argument functions, each one pass over ``batches``: ``fit`` (one device; the same with
-    the encoder's layers unrolled; split over every CPU device where there are several) and the
+    the encoder's layers scanned; split over every CPU device where there are several) and the
     same compiled step driven by the simplest possible loop (the difference is fit's own
     overhead), with and without the id/target checks. Each fit pass trains a fresh model, built
     beforehand."""
@@ -37,7 +37,7 @@ def _funcdl(batches: list, rounds: int) -> dict:
     from funcdl import layers, optim, tape
     from funcdl.train import fit
 
-    def model(unroll: bool = False):
+    def model(unroll: bool | None = None):
         return layers.TransformerClassifier(VOCAB, CLASSES, D, HEADS, FF, LAYERS, T, dropout=0.1,
                                             unroll=unroll, rngs=nnx.Rngs(0))
 
@@ -46,11 +46,11 @@ def _funcdl(batches: list, rounds: int) -> dict:
         return tape.cross_entropy(m(ids), y)
 
     opt = optim.adamw(1e-3)
-    setups = {"funcdl fit (jit, XLA CPU)": (None, False),
-              "fit, TransformerClassifier(unroll=True)": (None, True)}
+    setups = {"funcdl fit (jit, XLA CPU)": (None, None),
+              "fit, TransformerClassifier(unroll=False)": (None, False)}
     n = cpu_devices()
     if n > 1 and B % n == 0:
-        setups[f"fit(mesh='auto'), batch split over {n} CPU devices"] = ("auto", False)
+        setups[f"fit(mesh='auto'), batch split over {n} CPU devices"] = ("auto", None)
     fns = {}
     for name, (mesh, unroll) in setups.items():
         fit(model(unroll), opt, batches[:2], loss_fn, epochs=1, progress=False,
