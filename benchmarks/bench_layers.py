@@ -9,8 +9,8 @@ torch also runs on one thread (a contention check). All take turns in each round
 the best of the rounds' medians. Reports ms/step, matmul GFLOP/s (forward
 ``2BT(4D^2 + 2D FF) + 4BT^2 D``, a training step ~3x that), a measured matmul peak of this machine
 for jnp and torch, and funcdl's compile time of the first step for 1, 6 and 12 layers (the
-encoder scans its stacked layers: compile time is flat from 2 layers up; 1 layer compiles faster
-because XLA removes a one-trip loop).
+encoder scans stacks deeper than 4 layers: compile time is flat from there up; 1 layer runs
+unrolled and compiles faster).
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ def _cores() -> int:
 
 # glibc's mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
-_memory_reused = False  # set once reuse_memory took effect in this process
+_memory_set_up = False  # cpu_devices(reuse_memory=True) ran before JAX started
 
 
 def _keep_freed_memory() -> bool:
@@ -89,7 +89,7 @@ def _keep_freed_memory() -> bool:
                for param, value in ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 1 << 30)))
 
 
-def _reuse_memory() -> bool:
+def _reuse_memory() -> None:
     """Run XLA:CPU programs on the calling thread and keep freed memory for reuse.
 
     XLA:CPU allocates a program's temporary buffer (tens of MB for a training step) on every
@@ -99,12 +99,11 @@ def _reuse_memory() -> bool:
     step). Executed on the calling thread (``jax_cpu_enable_async_dispatch`` off), the block
     comes from the main heap, which keeps freed memory once ``mmap`` and trimming are off: under
     1,000 faults a step. The process keeps its peak heap instead of returning it, and Python no
-    longer runs ahead of the device, which costs op-by-op (eager) code ~25 us an op.
+    longer runs ahead of the device, which costs op-by-op (eager) code ~10-25 us an op. Nothing
+    changes where the C library is not glibc.
     """
-    if not _keep_freed_memory():
-        return False
-    jax.config.update("jax_cpu_enable_async_dispatch", False)
-    return True
+    if _keep_freed_memory():
+        jax.config.update("jax_cpu_enable_async_dispatch", False)
 
 
 def cpu_devices(n: int | None = None, *, reuse_memory: bool = False) -> int:
@@ -115,18 +114,20 @@ def cpu_devices(n: int | None = None, *, reuse_memory: bool = False) -> int:
     - ``reuse_memory=True``: each program runs on the calling thread and glibc's malloc keeps
       freed memory, so XLA's per-step temporary buffers stop costing fresh pages every step (see
       ``_reuse_memory``). For jitted training: on 2 cores it made the encoder-layer step and
-      ``fit`` on ``benchmarks/bench_train.py``'s classifier ~1.4x faster, and left
-      ``funcdl demo`` as fast. Not for op-by-op code: the eager tape's MLP gradient took 1.6x as
-      long (Python can no longer run ahead of the device). Process-wide, and a no-op (it
-      returns ``n`` all the same) where the C library is not glibc.
+      ``fit`` on ``benchmarks/bench_train.py``'s classifier 1.4-1.5x faster, and left
+      ``funcdl demo`` as fast. Not for op-by-op code (the eager tape's MLP gradient took
+      1.2-1.6x as long: Python can no longer run ahead of the device), steps of a few
+      milliseconds, or steps split over several CPU devices (they then take turns).
+      Process-wide, and a no-op (it returns ``n`` all the same) where the C library is not
+      glibc.
 
     Both settings take effect only before JAX starts its backend, so call it first, right after
-    the imports. Once JAX has started, the count it has is accepted (and ``reuse_memory``, if
-    not already on, is refused with a warning: it could only half apply); any other count is an
+    the imports. Once JAX has started, the count it has is accepted (``reuse_memory``, if not
+    already on, then changes nothing and says so in a warning); any other count is an
     error. On a machine with an accelerator it changes only the CPU backend
     (``jax.devices("cpu")``).
     """
-    global _memory_reused
+    global _memory_set_up
     if n is None:
         n = _cores()
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -141,14 +142,15 @@ def cpu_devices(n: int | None = None, *, reuse_memory: bool = False) -> int:
             f"{have} device(s); the count cannot change now. Call funcdl.cpu_devices({n}) at "
             "the top of the program, right after the imports and before any JAX array is "
             "created or any computation runs (a new process starts afresh).") from None
-    if reuse_memory and not _memory_reused:
+    if reuse_memory and not _memory_set_up:
         if started:
             warnings.warn(
                 "funcdl.cpu_devices(reuse_memory=True) was called after JAX started its CPU "
                 "backend, so it changes nothing: call it at the top of the program, before any "
                 "JAX array is created", RuntimeWarning, stacklevel=3)  # funcdl.cpu_devices' caller
         else:
-            _memory_reused = _reuse_memory()
+            _reuse_memory()
+            _memory_set_up = True
     return n
 
 
