@@ -61,7 +61,7 @@ def assert_close(ours, ref, rtol=RTOL, atol=ATOL, what=""):
 
 
 @pytest.mark.parametrize("op, case", CASES, ids=IDS)
-@settings(max_examples=3, deadline=None)
+@settings(max_examples=2, deadline=None)
 @given(data=st.data())
 def test_tape_grad_equals_jax_grad_jitted_and_torch(op, case, data):
     """Inside one jitted program (one compile per example): the Tensor forward equals the plain
