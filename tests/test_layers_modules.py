@@ -19,6 +19,21 @@ call = nnx.jit(lambda m, x: m(x))
 call_kpm = nnx.jit(lambda m, x, kpm: m(x, key_padding_mask=kpm))
 
 
+def test_parameters_are_jax_randoms_draws_for_their_shape():
+    """Layers draw their initial parameters flat and reshape them (one compile per size): the
+    values are exactly what jax.random draws for the parameter's shape from the same key."""
+    conv, emb = L.Conv2d(3, 4, 3, rngs=nnx.Rngs(5)), L.Embedding(7, 6, rngs=nnx.Rngs(6))
+    keys = nnx.Rngs(5)
+    w_key, b_key = keys.params(), keys.params()
+    bound = 1 / math.sqrt(3 * 3 * 3)
+    np.testing.assert_array_equal(conv.weight[...], jax.random.uniform(
+        w_key, (4, 3, 3, 3), minval=-bound, maxval=bound))
+    np.testing.assert_array_equal(conv.bias[...], jax.random.uniform(
+        b_key, (4,), minval=-bound, maxval=bound))
+    np.testing.assert_array_equal(emb.weight[...], jax.random.normal(nnx.Rngs(6).params(),
+                                                                     (7, 6)))
+
+
 def test_dropout_train_eval_and_fresh_masks_each_call():
     drop = L.Dropout(0.25, rngs=nnx.Rngs(0))
     x = jnp.ones((4000,))

@@ -85,15 +85,27 @@ def activation_fn(name: str | None) -> Callable:
         ) from None
 
 
-# One compiled program per shape (eagerly, jax.random dispatches and compiles ~6 small ops each).
-@functools.partial(jax.jit, static_argnums=(1, 3))
 def _uniform(key: jax.Array, shape: tuple[int, ...], bound: float, dtype) -> jax.Array:
-    return jax.random.uniform(key, shape, dtype, minval=-bound, maxval=bound)
+    """Uniform in [-bound, bound): the values ``jax.random.uniform(key, shape, ...)`` draws."""
+    return _flat_uniform(key, math.prod(shape), bound, dtype).reshape(shape)
+
+
+def _normal(key: jax.Array, shape: tuple[int, ...], dtype) -> jax.Array:
+    """Standard normal: the values ``jax.random.normal(key, shape, dtype)`` draws."""
+    return _flat_normal(key, math.prod(shape), dtype).reshape(shape)
+
+
+# Initialisers draw a flat vector, reshaped after: the same values (the random bits follow the
+# row-major index), one compiled program per size and dtype rather than per shape and bound, and
+# XLA:CPU compiles a flat draw 4-5x faster than a 4-D one (0.18 against 0.8 s for a conv weight).
+@functools.partial(jax.jit, static_argnums=(1, 3))
+def _flat_uniform(key: jax.Array, size: int, bound: float, dtype) -> jax.Array:
+    return jax.random.uniform(key, (size,), dtype, minval=-bound, maxval=bound)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
-def _normal(key: jax.Array, shape: tuple[int, ...], dtype) -> jax.Array:
-    return jax.random.normal(key, shape, dtype)
+def _flat_normal(key: jax.Array, size: int, dtype) -> jax.Array:
+    return jax.random.normal(key, (size,), dtype)
 
 
 def unsupported(t, what: str) -> UnsupportedModuleError:
