@@ -137,7 +137,8 @@ def test_cpu_devices_sets_the_device_count_and_memory_reuse_before_jax_starts():
     run on the calling thread and a step's 96 MB temporary stops costing fresh pages (glibc: a
     tenth of the page faults of the default, which maps it anew each step); a repeat with n is
     accepted; another count once JAX runs is a clear error; a bad count a ValueError. Another
-    process without it, asking for it late, gets a warning."""
+    process, which started JAX by itself (one CPU device), may ask for its count late, but for
+    reuse_memory only gets a warning."""
     reused = _run_fresh("""
         import funcdl, jax
         assert funcdl.cpu_devices(3, reuse_memory=True) == 3
@@ -164,11 +165,11 @@ def test_cpu_devices_sets_the_device_count_and_memory_reuse_before_jax_starts():
     """)
     default = _run_fresh("""
         import funcdl, jax
-        assert funcdl.cpu_devices(3) == 3 and jax.config.read('jax_cpu_enable_async_dispatch')
+        assert jax.config.read('jax_cpu_enable_async_dispatch')
         """, _FAULTS_A_STEP, """
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            assert funcdl.cpu_devices(3, reuse_memory=True) == 3
+            assert funcdl.cpu_devices(1, reuse_memory=True) == 1  # JAX's own count: accepted
         assert any("changes nothing" in str(w.message) for w in caught), caught
         assert jax.config.read('jax_cpu_enable_async_dispatch')
         print("ok", faults)

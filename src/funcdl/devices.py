@@ -135,13 +135,14 @@ def cpu_devices(n: int | None = None, *, reuse_memory: bool = False) -> int:
     started = _backend_started()
     try:
         jax.config.update("jax_num_cpu_devices", n)
-    except RuntimeError:  # JAX's backend is already running, with another count
+    except RuntimeError:  # JAX's backend is already running, maybe with another count
         have = len(jax.devices("cpu"))
-        raise RuntimeError(
-            f"funcdl.cpu_devices({n}) was called after JAX started its CPU backend with "
-            f"{have} device(s); the count cannot change now. Call funcdl.cpu_devices({n}) at "
-            "the top of the program, right after the imports and before any JAX array is "
-            "created or any computation runs (a new process starts afresh).") from None
+        if have != n:
+            raise RuntimeError(
+                f"funcdl.cpu_devices({n}) was called after JAX started its CPU backend with "
+                f"{have} device(s); the count cannot change now. Call funcdl.cpu_devices({n}) "
+                "at the top of the program, right after the imports and before any JAX array "
+                "is created or any computation runs (a new process starts afresh).") from None
     if reuse_memory and not _memory_set_up:
         if started:
             warnings.warn(
