@@ -70,7 +70,6 @@ def _cores() -> int:
 
 # glibc's mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
-_memory_set_up = False  # cpu_devices(reuse_memory=True) ran before JAX started
 
 
 def _keep_freed_memory() -> bool:
@@ -127,7 +126,6 @@ def cpu_devices(n: int | None = None, *, reuse_memory: bool = False) -> int:
     error. On a machine with an accelerator it changes only the CPU backend
     (``jax.devices("cpu")``).
     """
-    global _memory_set_up
     if n is None:
         n = _cores()
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -143,7 +141,8 @@ def cpu_devices(n: int | None = None, *, reuse_memory: bool = False) -> int:
                 f"{have} device(s); the count cannot change now. Call funcdl.cpu_devices({n}) "
                 "at the top of the program, right after the imports and before any JAX array "
                 "is created or any computation runs (a new process starts afresh).") from None
-    if reuse_memory and not _memory_set_up:
+    # already on: only an earlier call made dispatch synchronous
+    if reuse_memory and jax.config.read("jax_cpu_enable_async_dispatch"):
         if started:
             warnings.warn(
                 "funcdl.cpu_devices(reuse_memory=True) was called after JAX started its CPU "
@@ -151,7 +150,6 @@ def cpu_devices(n: int | None = None, *, reuse_memory: bool = False) -> int:
                 "JAX array is created", RuntimeWarning, stacklevel=3)  # funcdl.cpu_devices' caller
         else:
             _reuse_memory()
-            _memory_set_up = True
     return n
 
 
