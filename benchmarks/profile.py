@@ -71,6 +71,7 @@ def format_profile(rows: list[tuple[str, float, float]], step: float, top: int) 
 def _step(name: str, engine: str, quick: bool) -> Callable[[], object]:
     """bench_layers' / bench_recurrent's training step as a no-argument function."""
     vg = T.value_and_grad if engine == "tape" else jax.value_and_grad
+    # each benchmark module imported when asked for: bench_recurrent imports torch
     if name == "encoder":
         from benchmarks.bench_layers import _funcdl_runner
 
@@ -93,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=25, help="operations to show")
     parser.add_argument("--runs", type=int, default=3, help="steps traced")
     args = parser.parse_args(argv)
+    if args.top < 1 or args.runs < 1:
+        parser.error(f"--top and --runs take a positive count, got {args.top} and {args.runs}")
     run = _step(args.step, args.engine, args.quick)
     jax.block_until_ready(run())
     step = float("inf")

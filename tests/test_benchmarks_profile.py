@@ -7,6 +7,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -37,3 +39,13 @@ def test_profiling_what_runs_no_xla_program_is_a_clear_error():
     out = _python("-c", code)
     assert out.returncode == 0, out.stderr
     assert "no XLA:CPU operations" in out.stdout, out.stdout
+
+
+@pytest.mark.parametrize("flag", ["--runs", "--top"])
+def test_a_count_below_one_is_refused_before_anything_runs(flag, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks.profile import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["gru", flag, "0"])
+    assert stop.value.code == 2 and "positive count" in capsys.readouterr().err
