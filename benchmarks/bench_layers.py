@@ -37,6 +37,7 @@ from funcdl import tape as F
 from funcdl.optim import adamw
 
 BENCH = "layers"
+DIMS, QUICK_DIMS = (16, 128, 256, 8, 1024), (4, 32, 64, 4, 256)  # B, T, D, heads, FF
 
 
 def _flops(b: int, t: int, d: int, ff: int) -> float:
@@ -132,7 +133,7 @@ def run(quick: bool = False) -> list[Row]:
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
-    b, t, d, h, ff = (4, 32, 64, 4, 256) if quick else (16, 128, 256, 8, 1024)
+    b, t, d, h, ff = QUICK_DIMS if quick else DIMS
     repeat, rounds = (3, 2) if quick else (5, 4)
     case = f"train step, 1 layer, B={b} T={t} D={d} heads={h} FF={ff}, pre-LN GELU"
     flops = _flops(b, t, d, ff)

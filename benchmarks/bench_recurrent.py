@@ -43,6 +43,7 @@ from funcdl import optim
 from funcdl import tape as T
 
 BENCH = "recurrent"
+DIMS, QUICK_DIMS = (32, 100, 256), (8, 20, 32)  # B, T, hidden
 
 
 def _best(fns: dict, rounds: int) -> dict[str, float]:
@@ -100,9 +101,16 @@ def _torch_stepper(module, x):
     return run
 
 
+def _funcdl_runner(name: str, x: np.ndarray, hidden: int, value_and_grad,
+                   split: bool = False):
+    """A no-argument function running one training step of a 2-layer bidirectional ``name``
+    ("LSTM", "GRU") on ``x`` (B, T, 13)."""
+    module = getattr(L, name)(13, hidden, 2, bidirectional=True, rngs=nnx.Rngs(0))
+    return _stepper(*_funcdl_step(module, value_and_grad), jnp.asarray(x), split=split)
+
+
 def _train_step(name: str, b: int, t: int, hidden: int, rounds: int) -> list[Row]:
     x = np.random.default_rng(0).standard_normal((b, t, 13)).astype(np.float32)
-    make = getattr(L, name)
     fns = {}
     n = cpu_devices()
     impls = [("funcdl (jit, jax.grad)", jax.value_and_grad, False),
@@ -110,8 +118,7 @@ def _train_step(name: str, b: int, t: int, hidden: int, rounds: int) -> list[Row
     if n > 1 and b % n == 0:
         impls.append((f"same step, batch split over {n} CPU devices", jax.value_and_grad, True))
     for impl, vg, split in impls:
-        module = make(13, hidden, 2, bidirectional=True, rngs=nnx.Rngs(0))
-        fns[impl] = _stepper(*_funcdl_step(module, vg), jnp.asarray(x), split=split)
+        fns[impl] = _funcdl_runner(name, x, hidden, vg, split)
     torch.manual_seed(0)
     fns[f"torch (nn.{name} + optim.SGD)"] = _torch_stepper(
         getattr(torch.nn, name)(13, hidden, 2, batch_first=True, bidirectional=True).to(
@@ -207,7 +214,7 @@ def _ctc_fns(t: int, n: int, c: int, s: int) -> dict:
 def run(quick: bool = False) -> list[Row]:
     torch.set_num_threads(os.cpu_count() or 1)
     rounds = 2 if quick else 3
-    b, t, hidden = (8, 20, 32) if quick else (32, 100, 256)
+    b, t, hidden = QUICK_DIMS if quick else DIMS
     rows = _train_step("LSTM", b, t, hidden, rounds) + _train_step("GRU", b, t, hidden, rounds)
     rows += _scan_grad(b, t, hidden, rounds)
     rows += _compile_rows(b, hidden, (10, 100) if quick else (50, 500))

@@ -24,11 +24,8 @@ import time
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from funcdl import layers as L
 from funcdl import tape as T
 
 # an HLO instruction's name (fusion.3, ynn_fusion, while.13, bitcast_dynamic-update-slice_fusion);
@@ -69,19 +66,18 @@ def format_profile(rows: list[tuple[str, float, float]], step: float, top: int) 
 
 
 def _step(name: str, engine: str, quick: bool) -> Callable[[], object]:
-    """bench_layers' / bench_recurrent's training step as a no-argument function."""
+    """bench_layers' / bench_recurrent's training step, at its sizes, as a no-argument function."""
     vg = T.value_and_grad if engine == "tape" else jax.value_and_grad
     # each benchmark module imported when asked for: bench_recurrent imports torch
     if name == "encoder":
-        from benchmarks.bench_layers import _funcdl_runner
+        from benchmarks import bench_layers as bench
 
-        return _funcdl_runner(*((4, 32) if quick else (16, 128)), 256, 8, 1024, vg)
-    from benchmarks.bench_recurrent import _funcdl_step, _stepper
+        return bench._funcdl_runner(*(bench.QUICK_DIMS if quick else bench.DIMS), vg)
+    from benchmarks import bench_recurrent as bench
 
-    b, t, hidden = (8, 20, 64) if quick else (32, 100, 256)
-    x = jnp.asarray(np.random.default_rng(0).standard_normal((b, t, 13)), jnp.float32)
-    module = getattr(L, name.upper())(13, hidden, 2, bidirectional=True, rngs=nnx.Rngs(0))
-    return _stepper(*_funcdl_step(module, vg), x)
+    b, t, hidden = bench.QUICK_DIMS if quick else bench.DIMS
+    x = np.random.default_rng(0).standard_normal((b, t, 13)).astype(np.float32)
+    return bench._funcdl_runner(name.upper(), x, hidden, vg)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -331,8 +331,9 @@ class TransformerClassifier(Module):
     have length ``max_len``). The decoder is ``MLP((agg_dim, *decoder_hidden_sizes, num_classes),
     decoder_activation)``; ``output_activation`` None returns logits, or "softmax",
     "log_softmax", "sigmoid" as the notebook's ``decoder_output_activation``.
-    ``unroll`` is the encoder's: by default its layers run in a Python loop up to 4 layers
-    (faster steps) and in a scan beyond (compile time flat in depth); see ``TransformerEncoder``.
+    ``unroll`` is the encoder's: by default its layers run in a Python loop up to
+    ``UNROLL_UP_TO`` (4) layers (faster steps) and in a scan beyond (compile time flat in depth);
+    see ``TransformerEncoder``.
     ``m(ids, key_padding_mask=None)`` with ``ids (B, T)`` int -> ``(B, num_classes)``.
     """
 
